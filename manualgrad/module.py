@@ -1,0 +1,80 @@
+"""``TwoLayerNet``: the hand-differentiated network as an ``nn.Module``.
+
+Parameters keep the article's row-vector convention, z1 = x W1 + b1:
+W1 (in, hidden), b1 (hidden,), W2 (hidden, out), b2 (out,).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import functional, validation
+
+
+class TwoLayerNet(nn.Module):
+    """x (in) -> tanh hidden -> softmax output, with hand-derived gradients.
+
+    * ``model(x)`` returns y_hat = softmax(z2), eq. (1)-(4);
+    * ``model.logits(x)`` returns z2, for any PyTorch loss;
+    * ``model.loss(x, target, reduction="mean")`` returns the cross-entropy, whose backward
+      is the fused dL/dz2 = (y_hat - y) / N, eq. (7);
+    * ``model.predict(x)`` returns class indices.
+
+    ``x`` is (N, in) or one unbatched sample (in,). ``target`` is class indices (N,) of an
+    integer dtype, or probabilities (N, out), as for ``F.cross_entropy``.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 2,
+        hidden_features: int = 500,
+        out_features: int = 2,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        validation.check_sizes(in_features, hidden_features, out_features)
+        super().__init__()
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.out_features = out_features
+        factory = {"device": device, "dtype": dtype}
+        self.W1 = nn.Parameter(torch.empty(in_features, hidden_features, **factory))
+        self.b1 = nn.Parameter(torch.empty(hidden_features, **factory))
+        self.W2 = nn.Parameter(torch.empty(hidden_features, out_features, **factory))
+        self.b2 = nn.Parameter(torch.empty(out_features, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in +-1/sqrt(fan_in), as ``nn.Linear`` initialises weight and bias."""
+        with torch.no_grad():
+            for weight, bias in ((self.W1, self.b1), (self.W2, self.b2)):
+                bound = 1.0 / math.sqrt(weight.shape[0])
+                weight.uniform_(-bound, bound)
+                bias.uniform_(-bound, bound)
+
+    def _parameters_tuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.W1, self.b1, self.W2, self.b2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """y_hat = softmax(tanh(x W1 + b1) W2 + b2): (N, out), or (out,) for unbatched x."""
+        return functional.two_layer_net(x, *self._parameters_tuple())
+
+    def logits(self, x: Tensor) -> Tensor:
+        """z2 = tanh(x W1 + b1) W2 + b2: (N, out), or (out,) for unbatched x."""
+        return functional.two_layer_net_logits(x, *self._parameters_tuple())
+
+    def loss(self, x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """Cross-entropy, the same value as ``F.cross_entropy(self.logits(x), target, reduction=...)``."""
+        return functional.two_layer_net_loss(x, target, *self._parameters_tuple(), reduction=reduction)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Class indices argmax_c z2: (N,) int64, or a 0-dim tensor for unbatched x."""
+        return self.logits(x).argmax(-1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, hidden_features={self.hidden_features}, out_features={self.out_features}"

@@ -1,0 +1,52 @@
+"""Independent twins of the network, used as witnesses by the tests and by ``verify``.
+
+* The ``torch`` twins use only native PyTorch ops and autograd (``torch.tanh``,
+  ``torch.softmax``, ``F.cross_entropy``): no code shared with ``functional.py``.
+* The ``numpy`` twin writes the forward and the hand-derived backward in plain numpy
+  (float64), a third witness that does not use torch at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
+    """z2 with native autograd ops."""
+    return torch.tanh(x @ W1 + b1) @ W2 + b2
+
+
+def probs(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
+    """y_hat = softmax(z2) with native autograd ops."""
+    return torch.softmax(logits(x, W1, b1, W2, b2), dim=-1)
+
+
+def loss(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy with ``F.cross_entropy`` and native autograd."""
+    return F.cross_entropy(logits(x, W1, b1, W2, b2), target, reduction=reduction)
+
+
+def numpy_loss_and_gradients(
+    x: np.ndarray, y: np.ndarray, W1: np.ndarray, b1: np.ndarray, W2: np.ndarray, b2: np.ndarray
+) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean cross-entropy and its gradients in plain numpy; y is (N, C) one-hot or probabilities."""
+    N = x.shape[0]
+    a1 = np.tanh(x @ W1 + b1)  # (N, H)  eq. (1), (2)
+    z2 = a1 @ W2 + b2  # (N, C)  eq. (3)
+    shifted = z2 - z2.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (N, C)  eq. (4)
+    loss_value = float(-(y * log_probs).sum() / N)  # ()  eq. (5)
+    y_hat = np.exp(log_probs)
+    delta2 = (y_hat * y.sum(axis=1, keepdims=True) - y) / N  # (N, C)  eq. (7)
+    delta1 = (delta2 @ W2.T) * (1.0 - a1**2)  # (N, H)  eq. (10), (11)
+    grads = {
+        "x": delta1 @ W1.T,  # (N, D)  eq. (18)
+        "W1": x.T @ delta1,  # (D, H)  eq. (16)
+        "b1": delta1.sum(axis=0),  # (H,)  eq. (17)
+        "W2": a1.T @ delta2,  # (H, C)  eq. (14)
+        "b2": delta2.sum(axis=0),  # (C,)  eq. (15)
+    }
+    return loss_value, grads

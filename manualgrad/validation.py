@@ -1,0 +1,157 @@
+"""Checks at the public boundary: every bad input is refused here, before any computation.
+
+Exception types follow PyTorch users' expectations:
+
+* ``TypeError`` for the wrong kind of object or the wrong dtype,
+* ``ValueError`` for the wrong shape, size, or value,
+* ``RuntimeError`` for tensors on different devices (the type PyTorch itself raises).
+
+Each message names the argument and the offending shape, dtype, device or value.
+
+Class-index range checks (``0 <= target < C``) need the values, so they are done
+explicitly only where reading the values is cheap and allowed: eager mode on the CPU.
+On CUDA (where a check would synchronise the stream), under ``torch.compile`` and under
+``torch.func`` transforms, the range is checked by PyTorch's own ``gather`` kernel inside
+the loss (a device-side assertion on CUDA, an ``index ... out of bounds`` error on CPU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def require_tensor(name: str, value: object) -> Tensor:
+    """Return ``value`` if it is a tensor, else raise a TypeError that says how to convert it."""
+    if isinstance(value, Tensor):
+        return value
+    kind = type(value).__name__
+    if type(value).__module__ == "numpy":
+        hint = f"convert it with torch.from_numpy({name}) (and .to(dtype, device) as needed)"
+    else:
+        hint = f"convert it with torch.as_tensor({name}, dtype=..., device=...)"
+    raise TypeError(f"{name} must be a torch.Tensor, got {kind}; {hint}")
+
+
+def _require_floating(name: str, tensor: Tensor) -> None:
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor, got dtype {tensor.dtype}; "
+            f"convert it with {name}.to(torch.float32) or another floating dtype"
+        )
+
+
+def _require_same_device(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
+    if tensor.device != ref.device:
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found at least two devices: "
+            f"{name} is on {tensor.device} and {ref_name} is on {ref.device}"
+        )
+
+
+def check_sizes(in_features: object, hidden_features: object, out_features: object) -> None:
+    """Refuse non-integer or non-positive layer sizes."""
+    for name, size in (
+        ("in_features", in_features),
+        ("hidden_features", hidden_features),
+        ("out_features", out_features),
+    ):
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"{name} must be an int, got {type(size).__name__} ({size!r})")
+        if size <= 0:
+            raise ValueError(f"{name} must be positive, got {size}")
+
+
+def check_parameters(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> None:
+    """Check kinds, dtypes, devices and the shapes W1 (D, H), b1 (H,), W2 (H, C), b2 (C,)."""
+    params = {"W1": W1, "b1": b1, "W2": W2, "b2": b2}
+    for name, value in params.items():
+        require_tensor(name, value)
+        _require_floating(name, value)
+    if W1.dim() != 2:
+        raise ValueError(f"W1 must have shape (D, H), got {tuple(W1.shape)}")
+    D, H = W1.shape
+    if W2.dim() != 2 or W2.shape[0] != H:
+        raise ValueError(f"W2 must have shape ({H}, C) to follow W1 {tuple(W1.shape)}, got {tuple(W2.shape)}")
+    C = W2.shape[1]
+    expected = {"b1": (H,), "b2": (C,)}
+    for name, shape in expected.items():
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(params[name].shape)}")
+    for name, value in params.items():
+        _require_same_device(name, value, "W1", W1)
+        if value.dtype != W1.dtype:
+            raise TypeError(f"{name} has dtype {value.dtype} but W1 has dtype {W1.dtype}; all parameters must share one dtype")
+
+
+def check_input(x: object, W1: Tensor, *, autocast: bool) -> Tensor:
+    """Check x: a floating tensor of shape (N, D) or (D,) on W1's device, in W1's dtype.
+
+    Under autocast any floating dtype is accepted (it is cast to the parameters' dtype).
+    """
+    x = require_tensor("x", x)
+    _require_floating("x", x)
+    D = W1.shape[0]
+    if x.dim() not in (1, 2):
+        raise ValueError(f"x must have shape (N, {D}) or ({D},), got {tuple(x.shape)} (rank {x.dim()})")
+    if x.shape[-1] != D:
+        raise ValueError(f"x must have shape (N, {D}) or ({D},) to match W1 {tuple(W1.shape)}, got {tuple(x.shape)}")
+    _require_same_device("x", x, "W1", W1)
+    if x.dtype != W1.dtype and not autocast:
+        raise TypeError(
+            f"x has dtype {x.dtype} but the parameters have dtype {W1.dtype}; "
+            f"convert x with x.to({W1.dtype}) or the module with .to({x.dtype})"
+        )
+    return x
+
+
+def check_reduction(reduction: object) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction  # type: ignore[return-value]
+
+
+def check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, *, autocast: bool, check_values: bool) -> Tensor:
+    """Check a target: class indices (N,) of an integer dtype, or probabilities (N, C).
+
+    ``x`` is the input as given (rank 1 for one unbatched sample); the target then has
+    rank 0 (an index) or rank 1 (C probabilities), as with ``F.cross_entropy``.
+    """
+    target = require_tensor("target", target)
+    C = W2.shape[1]
+    unbatched = x.dim() == 1
+    N = None if unbatched else x.shape[0]
+    index_shape = () if unbatched else (N,)
+    prob_shape = (C,) if unbatched else (N, C)
+    _require_same_device("target", target, "W1", W1)
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"target must hold int64 class indices or floating probabilities, got dtype {target.dtype}")
+    if target.is_floating_point():
+        if tuple(target.shape) == index_shape and index_shape != prob_shape:
+            raise TypeError(
+                f"target of shape {tuple(target.shape)} holds class indices and must be an integer "
+                f"(int64) tensor, got dtype {target.dtype}; use target.long()"
+            )
+        if tuple(target.shape) != prob_shape:
+            raise ValueError(
+                f"probability target must have shape {prob_shape} (batch, classes), got {tuple(target.shape)}"
+            )
+        if target.dtype != W1.dtype and not autocast:
+            raise TypeError(f"probability target has dtype {target.dtype} but the parameters have dtype {W1.dtype}")
+        return target
+    if tuple(target.shape) != index_shape:
+        what = "a 0-dim class index for one unbatched sample" if unbatched else f"shape ({N},), one class index per row of x"
+        raise ValueError(f"target must be {what}, got shape {tuple(target.shape)}")
+    if check_values and target.numel() > 0:
+        _check_class_range(target, C)
+    return target
+
+
+def _check_class_range(target: Tensor, C: int) -> None:
+    bad = (target < 0) | (target >= C)
+    if bool(bad.any()):
+        position = int(bad.reshape(-1).nonzero()[0, 0])
+        value = int(target.reshape(-1)[position])
+        raise ValueError(f"target holds class index {value} at position {position}; class indices must lie in [0, {C})")
