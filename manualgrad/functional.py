@@ -224,11 +224,12 @@ def logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2) -> Tensor | None:
         tb1,
     )
     ta1 = None if tz1 is None else tz1 * (1 - a1 * a1)  # (N, H)  tangent of eq. (2), cf. eq. (11)
-    return _add_tangents(  # (N, C)  tangent of eq. (3)
+    tz2 = _add_tangents(  # (N, C), or (C,) when only b2 has a tangent  tangent of eq. (3)
         None if ta1 is None else ta1 @ W2,
         None if tW2 is None else a1 @ tW2,
         tb2,
     )
+    return None if tz2 is None else tz2.expand(a1.shape[0], W2.shape[1])  # (N, C)
 
 
 def softmax_jvp(tz2: Tensor, y_hat: Tensor) -> Tensor:

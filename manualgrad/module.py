@@ -77,4 +77,6 @@ class TwoLayerNet(nn.Module):
         return self.logits(x).argmax(-1)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, hidden_features={self.hidden_features}, out_features={self.out_features}"
+        return (
+            f"in_features={self.in_features}, hidden_features={self.hidden_features}, out_features={self.out_features}"
+        )

@@ -83,7 +83,9 @@ def check_parameters(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> None:
     for name, value in params.items():
         _require_same_device(name, value, "W1", W1)
         if value.dtype != W1.dtype:
-            raise TypeError(f"{name} has dtype {value.dtype} but W1 has dtype {W1.dtype}; all parameters must share one dtype")
+            raise TypeError(
+                f"{name} has dtype {value.dtype} but W1 has dtype {W1.dtype}; all parameters must share one dtype"
+            )
 
 
 def check_input(x: object, W1: Tensor, *, autocast: bool) -> Tensor:
@@ -142,7 +144,11 @@ def check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, *, autocast:
             raise TypeError(f"probability target has dtype {target.dtype} but the parameters have dtype {W1.dtype}")
         return target
     if tuple(target.shape) != index_shape:
-        what = "a 0-dim class index for one unbatched sample" if unbatched else f"shape ({N},), one class index per row of x"
+        what = (
+            "a 0-dim class index for one unbatched sample"
+            if unbatched
+            else f"shape ({N},), one class index per row of x"
+        )
         raise ValueError(f"target must be {what}, got shape {tuple(target.shape)}")
     if check_values and target.numel() > 0:
         _check_class_range(target, C)

@@ -1,0 +1,77 @@
+"""Command line: ``python -m manualgrad {verify,train,bench}`` (also the ``manualgrad`` script)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import verify as verify_lib
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "verify",
+        help="compare the hand-derived gradients with autograd, numpy and gradcheck",
+        description="Side-by-side report: every path and gradient, manual vs autograd vs numpy, gradcheck "
+        "and gradgradcheck in float64, CPU vs CUDA when present. Exits 1 when anything fails.",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="default: all available")
+    parser.add_argument("--dtype", choices=("float64", "float32", "all"), default="all", help="default: all")
+    parser.add_argument("--batch", type=_positive_int, default=64, help="rows of x (default 64)")
+    parser.add_argument("--hidden", type=_positive_int, default=500, help="hidden units (default 500)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-gradcheck", action="store_true", help="skip gradcheck and gradgradcheck")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.set_defaults(run=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    try:
+        devices = verify_lib.available_devices(args.device)
+    except RuntimeError as error:
+        print(f"manualgrad verify: {error}", file=sys.stderr)
+        return 2
+    dtypes = list(verify_lib.DTYPES.values()) if args.dtype == "all" else [verify_lib.DTYPES[args.dtype]]
+    start = time.perf_counter()
+    report = verify_lib.verify(devices, dtypes, args.batch, args.hidden, args.seed, gradcheck=not args.no_gradcheck)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(verify_lib.format_report(report))
+        print(f"({time.perf_counter() - start:.1f} s)")
+    return 0 if report.passed else 1
+
+
+def _add_forwarding_parser(commands: argparse._SubParsersAction, name: str, help_text: str, module: str) -> None:
+    parser = commands.add_parser(name, help=help_text, add_help=False)
+    parser.set_defaults(forward_to=module)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="manualgrad", description="A two-layer network with hand-derived gradients.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_verify_parser(commands)
+    _add_forwarding_parser(commands, "train", "train on two moons, manual and autograd in lockstep", "train")
+    _add_forwarding_parser(commands, "bench", "time a training step against autograd, compile and numpy", "bench")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if getattr(args, "forward_to", None):
+        from importlib import import_module
+
+        return import_module(f"manualgrad.{args.forward_to}").main(rest)
+    if rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    return args.run(args)

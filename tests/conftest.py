@@ -1,0 +1,51 @@
+"""Shared fixtures and the helper that compares manualgrad with its native-autograd twin."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
+]
+DTYPES = [torch.float64, torch.float32]
+# (rtol, atol) per dtype for manual vs autograd: assert_close's defaults for float64, and
+# float32 loosened for the different summation order of batch sums.
+TOLERANCES = {torch.float64: {"rtol": 1e-7, "atol": 1e-7}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
+
+
+def make_problem(N=16, D=2, H=32, C=2, *, device="cpu", dtype=torch.float64, seed=0, soft=False):
+    """Parameters, input and target on ``device``; the values do not depend on the device."""
+    generator = torch.Generator().manual_seed(seed)
+    params = [
+        torch.randn(D, H, generator=generator, dtype=torch.float64) / D**0.5,
+        torch.randn(H, generator=generator, dtype=torch.float64) * 0.1,
+        torch.randn(H, C, generator=generator, dtype=torch.float64) / H**0.5,
+        torch.randn(C, generator=generator, dtype=torch.float64) * 0.1,
+    ]
+    x = torch.randn(N, D, generator=generator, dtype=torch.float64)
+    if soft:
+        target = torch.softmax(torch.randn(N, C, generator=generator, dtype=torch.float64), 1).to(device, dtype)
+    else:
+        target = torch.randint(0, C, (N,), generator=generator).to(device)
+    return x.to(device, dtype), target, [p.to(device, dtype) for p in params]
+
+
+def value_and_grads(fn, inputs, grad_out=None):
+    """fn(*inputs) and the gradients of <fn(*inputs), grad_out> w.r.t. every input."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    if grad_out is None:
+        grad_out = torch.ones_like(out)
+    return out, torch.autograd.grad(out, leaves, grad_out)
+
+
+def assert_matches_twin(manual, twin, inputs, grad_out=None, *, exact=False):
+    """Value first, then every gradient, manual against the native-autograd twin."""
+    value, grads = value_and_grads(manual, inputs, grad_out)
+    ref_value, ref_grads = value_and_grads(twin, inputs, grad_out)
+    tol = {"rtol": 0, "atol": 0} if exact else TOLERANCES[ref_value.dtype]
+    torch.testing.assert_close(value, ref_value, **tol, msg=lambda m: f"value: {m}")
+    for i, (g, r) in enumerate(zip(grads, ref_grads)):
+        torch.testing.assert_close(g, r, **tol, msg=lambda m, i=i: f"gradient of input {i}: {m}")
