@@ -30,6 +30,11 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--hidden", type=_positive_int, default=500, help="hidden units (default 500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-gradcheck", action="store_true", help="skip gradcheck and gradgradcheck")
+    parser.add_argument(
+        "--no-conformance",
+        action="store_true",
+        help="skip the PyTorch conformance matrix (torch.func, compile, DDP, ...)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     parser.set_defaults(run=_run_verify)
 
@@ -42,7 +47,15 @@ def _run_verify(args: argparse.Namespace) -> int:
         return 2
     dtypes = list(verify_lib.DTYPES.values()) if args.dtype == "all" else [verify_lib.DTYPES[args.dtype]]
     start = time.perf_counter()
-    report = verify_lib.verify(devices, dtypes, args.batch, args.hidden, args.seed, gradcheck=not args.no_gradcheck)
+    report = verify_lib.verify(
+        devices,
+        dtypes,
+        args.batch,
+        args.hidden,
+        args.seed,
+        gradcheck=not args.no_gradcheck,
+        conformance=not args.no_conformance,
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -59,8 +59,14 @@ class TwoLayerNet(nn.Module):
     def _parameters_tuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.W1, self.b1, self.W2, self.b2
 
-    def forward(self, x: Tensor) -> Tensor:
-        """y_hat = softmax(tanh(x W1 + b1) W2 + b2): (N, out), or (out,) for unbatched x."""
+    def forward(self, x: Tensor, target: Tensor | None = None, reduction: str = "mean") -> Tensor:
+        """y_hat = softmax(tanh(x W1 + b1) W2 + b2): (N, out), or (out,) for unbatched x.
+
+        With a ``target``, returns ``self.loss(x, target, reduction)`` instead, so that wrappers
+        that only call ``forward`` (DistributedDataParallel, FSDP) get the fused loss.
+        """
+        if target is not None:
+            return self.loss(x, target, reduction)
         return functional.two_layer_net(x, *self._parameters_tuple())
 
     def logits(self, x: Tensor) -> Tensor:

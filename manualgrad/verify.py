@@ -272,6 +272,7 @@ def verify(
     hidden: int = 500,
     seed: int = 0,
     gradcheck: bool = True,
+    conformance: bool = True,
 ) -> Report:
     """Run every comparison and check; see the module docstring."""
     if batch < 1 or hidden < 1:
@@ -299,6 +300,11 @@ def verify(
     if gradcheck:
         for device in devices:
             report.checks += gradient_checks(device, seed)
+    if conformance:
+        from .conformance import conformance_matrix
+
+        for check, path, device, status, detail in conformance_matrix(devices):
+            report.checks.append(Check("conformance", device, path, check, status, detail))
     return report
 
 
@@ -307,6 +313,23 @@ def _row(device, dtype, path, quantity, max_abs, max_rel, bit_exact, tolerance, 
         f"  {device:<6} {dtype:<8} {path:<9} {quantity:<8} {max_abs:>11} {max_rel:>11} {bit_exact:>9}  "
         f"{tolerance:<13} {result}"
     )
+
+
+def format_matrix(cells: list[Check]) -> list[str]:
+    """The conformance matrix: a row per check, a column per (path, device)."""
+    if not cells:
+        return []
+    columns = list(dict.fromkeys((c.path, c.device) for c in cells))
+    rows = list(dict.fromkeys(c.check for c in cells))
+    status = {(c.check, c.path, c.device): c for c in cells}
+    width = max(len(r) for r in rows)
+    header = f"  {'PyTorch conformance':<{width}} " + " ".join(f"{f'{p}/{d}':>12}" for p, d in columns)
+    lines = [header, "  " + "-" * (len(header) - 2)]
+    for row in rows:
+        marks = [status[(row, p, d)].status if (row, p, d) in status else "-" for p, d in columns]
+        lines.append(f"  {row:<{width}} " + " ".join(f"{m:>12}" for m in marks))
+    lines += [f"  {c.check} [{c.path}/{c.device}] {c.status}: {c.detail}" for c in cells if c.detail]
+    return [*lines, ""]
 
 
 def format_report(report: Report) -> str:
@@ -338,18 +361,15 @@ def format_report(report: Report) -> str:
                 )
             )  # fmt: skip
         lines.append("")
-    sections = dict.fromkeys(c.section for c in report.checks)
-    for section in sections:
+    gradchecks = [c for c in report.checks if c.section == "gradcheck"]
+    if gradchecks:
         sizes = s["gradcheck_sizes"]
-        lines.append(
-            f"torch.autograd checks, float64 (N={sizes['batch']}, H={sizes['hidden']}, C={sizes['classes']})"  # type: ignore[index]
-            if section == "gradcheck"
-            else section
-        )
-        for c in (c for c in report.checks if c.section == section):
+        lines.append(f"torch.autograd checks, float64 (N={sizes['batch']}, H={sizes['hidden']}, C={sizes['classes']})")  # type: ignore[index]
+        for c in gradchecks:
             detail = f"  ({c.detail})" if c.detail else ""
             lines.append(f"  {c.device:<6} {c.path:<9} {c.check:<28} {c.status.upper()}{detail}")
         lines.append("")
+    lines += format_matrix([c for c in report.checks if c.section == "conformance"])
     total = len(report.comparisons) + len(report.checks)
     skipped = sum(c.status == "skipped" for c in report.checks)
     lines.append(f"verify: {total - report.failures - skipped} passed, {report.failures} failed, {skipped} skipped")
