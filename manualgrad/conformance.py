@@ -14,7 +14,7 @@ import copy
 import functools
 import io
 import os
-import socket
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
@@ -354,12 +354,15 @@ def _ddp_data() -> tuple[TwoLayerNet, Tensor, Tensor]:
     return model, x, target
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, result_file: str) -> None:
+def _ddp_worker(rank: int, world_size: int, folder: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # rendezvous through a file, not a TCP port chosen in advance (which another process may take
+    # before the workers bind it); gloo itself then connects the two ranks over loopback
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
+    store = f"file://{os.path.join(folder, 'rendezvous')}"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world_size)
     try:
         results = {}
         for path in PATHS:
@@ -369,15 +372,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, result_file: str) -> None
             wrapped(x[rows], target[rows]).backward()
             results[path] = [p.grad for p in model.parameters()]
         if rank == 0:
-            torch.save(results, result_file)
+            torch.save(results, os.path.join(folder, "grads.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -386,9 +383,8 @@ def ddp_gradients() -> dict[str, list[Tensor]]:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as folder:
-        result_file = os.path.join(folder, "grads.pt")
-        mp.start_processes(_ddp_worker, args=(2, _free_port(), result_file), nprocs=2, start_method="spawn")
-        return torch.load(result_file, weights_only=True)
+        mp.start_processes(_ddp_worker, args=(2, folder), nprocs=2, start_method="spawn")
+        return torch.load(os.path.join(folder, "grads.pt"), weights_only=True)
 
 
 def check_ddp(path: str, device: str) -> None:
