@@ -31,7 +31,7 @@ backward is the fused eq. (7)). How each mode of PyTorch is served:
 * first-order backward: the formulas above, from tensors saved in forward, no autograd;
 * the loss in eager mode computes the parameter gradients during the forward, in chunks of
   rows, when they will be needed (the loss is a scalar, so its upstream gradient is only a
-  scale) and saves only parameter-sized tensors;
+  scale) and saves only parameter-sized tensors; the chunks reuse two (chunk, H) buffers;
 * double backward (``create_graph=True``), ``torch.func`` transforms and forward-over-reverse:
   the backward recomputes a1 and y_hat from the saved inputs with differentiable ops, so the
   same formulas are differentiated correctly (pytorch issue 58509);
@@ -39,15 +39,24 @@ backward is the fused eq. (7)). How each mode of PyTorch is served:
 * ``torch.func.vmap``: ``generate_vmap_rule = True``;
 * ``torch.compile``: Dynamo refuses Functions that define ``jvp``, so under compilation the
   same Functions without ``jvp`` are used.
+
+Speed (``python -m manualgrad bench``): on the CPU eq. (2) is evaluated as
+tanh z1 = 2 sigmoid(2 z1) - 1, seven times cheaper there than ``torch.tanh``; products with
+W2 run in the layout BLAS is fastest at for few classes; eager calls skip the Python preamble
+of ``Function.apply``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
+import functools
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import torch
+import torch._functorch.utils as _functorch_utils
 import torch.autograd.forward_ad as forward_ad
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
@@ -62,9 +71,16 @@ __all__ = [
     "LossFunction",
 ]
 
-# Rows of x per chunk when the loss computes gradients in its forward: small enough that the
-# (rows, H) temporaries stay in cache, large enough that the per-chunk overhead is negligible.
+# Rows of x per chunk when the loss computes gradients in its forward. On the CPU, small enough
+# that the two (rows, H) buffers stay in cache, large enough that the per-chunk Python overhead
+# is negligible (at H=500, 2048 rows was best of 256 to 8192). On accelerators, where every op
+# is a kernel launch, fewer and larger chunks (not tuned).
 LOSS_CHUNK_ROWS = 2048
+LOSS_CHUNK_ROWS_ACCELERATOR = 16384
+# Fewer rows than this: the loss saves a1 and log y_hat and computes gradients in backward, as
+# the probs and logits paths do. Computing them in the forward pays for itself only when (N, H)
+# temporaries are large; at N=1 its extra Python ops cost about 60 us (CPU, H=500).
+PRECOMPUTE_MIN_ROWS = 256
 
 
 # ----------------------------------------------------------------------------------------
@@ -77,8 +93,49 @@ def hidden_activation(x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
     return torch.tanh(z1)  # (N, H)  eq. (2)
 
 
+def hidden_activation_fast(
+    x: Tensor, W1: Tensor, b1: Tensor, out: Tensor | None = None, *, doubled: bool = False
+) -> Tensor:
+    """a1 = tanh(x W1 + b1) (N, H), eq. (1), (2), for the loss, whose a1 never leaves its Function.
+
+    On the CPU ``torch.tanh`` (MKL's vsTanh) costs about 3.5 ns per float32 against 0.5 ns for
+    ``torch.sigmoid``, so there tanh z1 = 2 sigmoid(2 z1) - 1: the same function, within 2e-7
+    absolute in float32 (torch.tanh: 3e-8). The factor 2 is exact and folded into the matmul;
+    ``doubled``: W1 and b1 are given already doubled (cheaper for many chunks). ``out``: a
+    buffer to write into, without history. (Probs and logits return values computed from a1,
+    so they keep :func:`hidden_activation`, the very ops of the native-autograd twin.)
+    """
+    recorded = out is None and backward_is_differentiated()  # any autograd mode records these ops
+    if not _sigmoid_tanh(x, W1.shape[1]):
+        z1 = torch.addmm(b1, x, W1, out=out)  # (N, H)  eq. (1)
+        return torch.tanh(z1) if recorded else z1.tanh_()  # (N, H)  eq. (2)
+    scale = 1 if doubled else 2
+    z1_twice = torch.addmm(b1, x, W1, beta=scale, alpha=scale, out=out)  # (N, H)  2 z1, eq. (1)
+    if recorded:
+        return torch.sigmoid(z1_twice) * 2.0 - 1.0  # (N, H)  eq. (2): tanh z1 = 2 sigmoid(2 z1) - 1
+    s = z1_twice.sigmoid_()  # (N, H)  sigmoid(2 z1), in place on our own tensor
+    return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)  # (N, H)  eq. (2): 2 sigmoid(2 z1) - 1
+
+
+def _sigmoid_tanh(x: Tensor, hidden: int) -> bool:
+    """Whether tanh z1 = 2 sigmoid(2 z1) - 1 pays: on the CPU, for (N, H) large enough that 3 ns
+    per element saved outweigh the two extra ops (a few microseconds)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.shape[0] * hidden >= 4096
+
+
 def output_logits(a1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
-    return torch.addmm(b2, a1, W2)  # (N, C)  eq. (3)
+    return torch.addmm(b2, a1, column_major(W2, a1.shape[0]))  # (N, C)  eq. (3)
+
+
+def column_major(W2: Tensor, rows: int) -> Tensor:
+    """W2 (H, C) stored column by column when a1 has many rows, on the CPU.
+
+    a1 W2 with few columns C is about 5x faster with W2 in this layout (another BLAS kernel);
+    the copy is (H, C), so it pays from about 16 rows.
+    """
+    if W2.device.type != "cpu" or rows < 16 or W2.stride(0) == 1:
+        return W2
+    return W2.T.contiguous().T  # (H, C)  same values, strides (1, H)
 
 
 def target_distribution(target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
@@ -119,20 +176,26 @@ def softmax_vjp(grad_y_hat: Tensor, y_hat: Tensor) -> Tensor:
     return y_hat * (grad_y_hat - inner)  # (N, C)  eq. (6)
 
 
-def loss_grad_logits(log_probs: Tensor, target: Tensor, reduction: str, grad_loss: Tensor) -> Tensor:
+def loss_grad_logits(log_probs: Tensor, target: Tensor, reduction: str, grad_loss: Tensor | None) -> Tensor:
     """delta2 = dL/dz2 (N, C), eq. (7): (y_hat * sum_c y - y) times the upstream gradient.
 
     For targets that sum to 1 (class indices, distributions) this is (y_hat - y) / N.
+    ``grad_loss`` None: the unit upstream gradient of the summed loss, y_hat * sum_c y - y.
     """
     N, C = log_probs.shape
     y_hat = log_probs.exp()  # (N, C)  eq. (4)
-    y = target_distribution(target, C, log_probs.dtype)  # (N, C)
     if target.is_floating_point():
-        y_hat = y_hat * y.sum(1, keepdim=True)  # (N, C)  general soft targets
-    if reduction == "none":
-        return (y_hat - y) * grad_loss.unsqueeze(1)  # (N, C)  eq. (7), per-sample upstream
-    scale = mean_scale(N) if reduction == "mean" else 1.0
-    return (y_hat - y) * (grad_loss * scale)  # (N, C)  eq. (7)
+        delta2 = y_hat * target.sum(1, keepdim=True) - target  # (N, C)  eq. (7), general soft targets
+    elif backward_is_differentiated():
+        delta2 = y_hat - target_distribution(target, C, log_probs.dtype)  # (N, C)  eq. (7), recorded
+    else:  # y_hat is ours: subtract the one-hot y in place
+        delta2 = y_hat.scatter_(1, target.unsqueeze(1), -1.0, reduce="add")  # (N, C)  eq. (7): y_hat - y
+    if grad_loss is None:
+        return delta2  # (N, C)
+    upstream = grad_loss.unsqueeze(1) if reduction == "none" else grad_loss  # (N, 1) or ()
+    scale = mean_scale(N) if reduction == "mean" else 1.0  # the 1/N of the mean
+    # out of place: the upstream gradient may be batched (gradcheck's batched-grad vmap) or a subclass
+    return delta2 * (upstream if scale == 1.0 else upstream * scale)  # (N, C)  eq. (7): (y_hat - y) / N
 
 
 def loss_grad_target(log_probs: Tensor, reduction: str, grad_loss: Tensor) -> Tensor:
@@ -150,56 +213,88 @@ def backward_from_logits(
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
     if need_W2:
-        grad_W2 = a1.T @ grad_z2  # (H, C)  eq. (14)
+        grad_W2 = (grad_z2.t() @ a1).t()  # (H, C)  eq. (14), as (delta2^T a1)^T: a faster BLAS kernel
     if need_b2:
         grad_b2 = grad_z2.sum(0)  # (C,)  eq. (15)
     if need_x or need_W1 or need_b1:
-        grad_a1 = grad_z2 @ W2.T  # (N, H)  eq. (10)
-        grad_z1 = grad_a1 - grad_a1 * (a1 * a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
+        grad_a1 = grad_z2 @ W2.t()  # (N, H)  eq. (10)
+        if backward_is_differentiated():
+            grad_z1 = grad_a1 - grad_a1 * (a1 * a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
+        else:  # grad_a1 is ours: one op fewer
+            grad_z1 = grad_a1.addcmul_(grad_a1, a1 * a1, value=-1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
         if need_W1:
-            grad_W1 = x.T @ grad_z1  # (D, H)  eq. (16)
+            grad_W1 = x.t() @ grad_z1  # (D, H)  eq. (16)
         if need_b1:
             grad_b1 = grad_z1.sum(0)  # (H,)  eq. (17)
         if need_x:
-            grad_x = grad_z1 @ W1.T  # (N, D)  eq. (18)
+            grad_x = grad_z1 @ W1.t()  # (N, D)  eq. (18)
     return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
 
 
 def loss_and_gradients(
-    x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str, needs: Sequence[bool]
+    x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, needs: Sequence[bool]
 ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-    """The scalar loss and its gradients (dx, dW1, db1, dW2, db2) in one pass over row chunks.
+    """The summed loss and its gradients (dx, dW1, db1, dW2, db2), in one pass over row chunks.
 
     Used by the loss's forward when gradients will be needed: the upstream gradient of a
-    scalar loss is only a scale, so backward multiplies these by it. Only (chunk, H)
-    temporaries exist at any time.
+    scalar loss is only a scale, so backward multiplies these by it (and by the 1/N of the
+    mean). Two (chunk, H) buffers serve every chunk; nothing of size (N, H) is allocated.
     """
-    N = x.shape[0]
-    scale = mean_scale(N) if reduction == "mean" else 1.0
-    scaled_one = torch.full((), scale, dtype=x.dtype, device=x.device)
-    total = torch.zeros((), dtype=x.dtype, device=x.device)
-    sums: list[Tensor | None] = [None] * 5
-    grad_x_chunks: list[Tensor] = []
-    for start in range(0, N, LOSS_CHUNK_ROWS):
-        rows = slice(start, start + LOSS_CHUNK_ROWS)
-        xs, ts = x[rows], target[rows]  # (n, D), (n,) or (n, C)
-        a1 = hidden_activation(xs, W1, b1)  # (n, H)  eq. (1), (2)
-        log_probs = torch.log_softmax(output_logits(a1, W2, b2), 1)  # (n, C)  eq. (3), (4)
-        total = total + per_sample_loss(log_probs, ts).sum()  # ()  eq. (5)
-        delta2 = loss_grad_logits(log_probs, ts, "sum", scaled_one)  # (n, C)  eq. (7)
-        grads = backward_from_logits(delta2, xs, W1, W2, a1, needs)
-        if grads[0] is not None:
-            grad_x_chunks.append(grads[0])  # (n, D)  eq. (18)
-        for i in range(1, 5):
-            if grads[i] is not None:
-                sums[i] = grads[i] if sums[i] is None else sums[i] + grads[i]
-    loss = total * scale  # ()  eq. (5)
-    sums[0] = torch.cat(grad_x_chunks) if grad_x_chunks else None
-    parameters = (x, W1, b1, W2, b2)
-    for i, need in enumerate(needs):
-        if need and sums[i] is None:  # empty batch: the gradient is zero
-            sums[i] = torch.zeros_like(parameters[i])
-    return loss, tuple(sums)
+    need_x, need_W1, need_b1, need_W2, need_b2 = needs
+    need_delta1 = need_x or need_W1 or need_b1
+    N, H = x.shape[0], W1.shape[1]
+    if N == 0:  # empty batch: the sum is 0, and so is every gradient
+        zero_grads = tuple(torch.zeros_like(t) if n else None for t, n in zip((x, W1, b1, W2, b2), needs))
+        return x.new_zeros(()), zero_grads
+    rows = min(N, LOSS_CHUNK_ROWS if x.device.type == "cpu" else LOSS_CHUNK_ROWS_ACCELERATOR)
+    chunked = rows < N  # one chunk: no slices, no buffers, the fresh tensors are updated in place
+    hidden = x.new_empty(rows, H) if chunked else None  # (rows, H)  z1, then a1, then a1^2
+    grad_hidden = x.new_empty(rows, H) if chunked and need_delta1 else None  # (rows, H)  dL/da1, then delta1
+    grad_x = x.new_empty(x.shape) if need_x and chunked else None  # (N, D)
+    W2_cols = column_major(W2, rows)  # (H, C)
+    doubled = chunked and _sigmoid_tanh(x, H)  # tanh z1 = 2 sigmoid(2 z1) - 1: double W1, b1 once
+    W1_a, b1_a = (W1 * 2, b1 * 2) if doubled else (W1, b1)  # (D, H), (H,)
+    loss = grad_W1 = grad_b1 = grad_W2_T = grad_b2 = None
+    for start in range(0, N, rows):
+        xs, ts = (x[start : start + rows], target[start : start + rows]) if chunked else (x, target)
+        n = xs.shape[0]  # xs (n, D), ts (n,) or (n, C)
+        buffer = hidden[:n] if chunked else None  # (n, H)
+        a1 = hidden_activation_fast(xs, W1_a, b1_a, buffer, doubled=doubled)  # (n, H)  eq. (1), (2)
+        log_probs = torch.log_softmax(torch.addmm(b2, a1, W2_cols), 1)  # (n, C)  eq. (3), (4)
+        loss = _accumulate(loss, summed_loss(log_probs, ts))  # ()  eq. (5), summed over rows
+        delta2 = loss_grad_logits(log_probs, ts, "sum", None)  # (n, C)  eq. (7), summed loss
+        if need_W2:
+            grad_W2_T = _accumulate_mm(grad_W2_T, delta2.t(), a1)  # (C, H)  eq. (14), transposed
+        if need_b2:
+            grad_b2 = _accumulate(grad_b2, delta2.sum(0))  # (C,)  eq. (15)
+        if need_delta1:
+            grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)  # (n, H)  eq. (10)
+            delta1 = grad_a1.addcmul_(grad_a1, a1.square_(), value=-1)  # (n, H)  eq. (11): dL/da1 (1 - a1^2)
+            if need_W1:
+                grad_W1 = _accumulate_mm(grad_W1, xs.t(), delta1)  # (D, H)  eq. (16)
+            if need_b1:
+                grad_b1 = _accumulate(grad_b1, delta1.sum(0))  # (H,)  eq. (17)
+            if need_x and chunked:
+                torch.mm(delta1, W1.t(), out=grad_x[start : start + n])  # (n, D)  eq. (18)
+            elif need_x:
+                grad_x = torch.mm(delta1, W1.t())  # (N, D)  eq. (18)
+    grad_W2 = None if grad_W2_T is None else grad_W2_T.t()  # (H, C)  eq. (14)
+    return loss, (grad_x, grad_W1, grad_b1, grad_W2, grad_b2)
+
+
+def summed_loss(log_probs: Tensor, target: Tensor) -> Tensor:
+    """-sum_n sum_c y log y_hat: () eq. (5) before the 1/N (per_sample_loss summed, in one op)."""
+    if target.is_floating_point():
+        return -(target * log_probs).sum()  # ()
+    return F.nll_loss(log_probs, target, reduction="sum")  # ()  -sum_n log y_hat[n, target_n]
+
+
+def _accumulate(total: Tensor | None, term: Tensor) -> Tensor:
+    return term if total is None else total.add_(term)
+
+
+def _accumulate_mm(total: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    return torch.mm(a, b) if total is None else total.addmm_(a, b)
 
 
 # ----------------------------------------------------------------------------------------
@@ -261,6 +356,34 @@ def _functorch_active() -> bool:
 
 
 # ----------------------------------------------------------------------------------------
+# Precision policy: every pass computes in the parameters' dtype, even inside autocast
+# ----------------------------------------------------------------------------------------
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """True inside ``torch.autocast`` for this device type (devices autocast does not know, e.g. meta: False)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def in_parameter_precision(method: Callable) -> Callable:
+    """Run a Function's ``backward`` or ``jvp`` with autocast off for its device.
+
+    Called inside the caller's ``torch.autocast`` region (``loss.backward()`` within the
+    ``with``), its matmuls would otherwise run in bfloat16/float16 while the forward ran in the
+    parameters' dtype. ``ctx.device_type`` is recorded by ``setup_context``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(ctx, *grads):
+        if not autocast_enabled(ctx.device_type):
+            return method(ctx, *grads)
+        with torch.autocast(ctx.device_type, enabled=False):
+            return method(ctx, *grads)
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------------------
 # The Functions. The classes without ``jvp`` are used under torch.compile; the subclasses
 # with ``jvp`` everywhere else.
 # ----------------------------------------------------------------------------------------
@@ -283,10 +406,12 @@ class LogitsFunctionNoJvp(Function):
         _, a1 = output
         ctx.mark_non_differentiable(a1)
         ctx.set_materialize_grads(False)
+        ctx.device_type = x.device.type
         ctx.save_for_backward(x, W1, b1, W2, b2, a1)
         ctx.save_for_forward(x, W1, b1, W2, b2, a1)
 
     @staticmethod
+    @in_parameter_precision
     def backward(ctx, grad_z2, _grad_a1):
         x, W1, b1, W2, b2, a1 = ctx.saved_tensors
         if grad_z2 is None:
@@ -300,6 +425,7 @@ class LogitsFunction(LogitsFunctionNoJvp):
     """Logits Function with forward-mode AD (``jvp``)."""
 
     @staticmethod
+    @in_parameter_precision
     def jvp(ctx, tx, tW1, tb1, tW2, tb2):
         x, W1, _, W2, _, a1 = ctx.saved_tensors
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
@@ -323,10 +449,12 @@ class ProbsFunctionNoJvp(Function):
         y_hat, a1 = output
         ctx.mark_non_differentiable(a1)
         ctx.set_materialize_grads(False)
+        ctx.device_type = x.device.type
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
         ctx.save_for_forward(x, W1, b1, W2, b2, a1, y_hat)
 
     @staticmethod
+    @in_parameter_precision
     def backward(ctx, grad_y_hat, _grad_a1):
         x, W1, b1, W2, b2, a1, y_hat = ctx.saved_tensors
         if grad_y_hat is None:
@@ -342,6 +470,7 @@ class ProbsFunction(ProbsFunctionNoJvp):
     """Probabilities Function with forward-mode AD (``jvp``)."""
 
     @staticmethod
+    @in_parameter_precision
     def jvp(ctx, tx, tW1, tb1, tW2, tb2):
         x, W1, _, W2, _, a1, y_hat = ctx.saved_tensors
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
@@ -361,9 +490,10 @@ class LossFunctionNoJvp(Function):
     @staticmethod
     def forward(x, target, W1, b1, W2, b2, reduction, precompute):
         if precompute is not None:
-            loss, grads = loss_and_gradients(x, target, W1, b1, W2, b2, reduction, precompute)
+            loss_sum, grads = loss_and_gradients(x, target, W1, b1, W2, b2, precompute)
+            loss = loss_sum * mean_scale(x.shape[0]) if reduction == "mean" else loss_sum  # ()  eq. (5)
             return (loss, *grads)
-        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+        a1 = hidden_activation_fast(x, W1, b1)  # (N, H)  eq. (1), (2)
         log_probs = torch.log_softmax(output_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
         loss = reduce_loss(per_sample_loss(log_probs, target), reduction)  # () or (N,)  eq. (5)
         return loss, a1, log_probs
@@ -374,6 +504,7 @@ class LossFunctionNoJvp(Function):
         residuals = [t for t in output[1:] if t is not None]
         ctx.mark_non_differentiable(*residuals)
         ctx.set_materialize_grads(False)
+        ctx.device_type = x.device.type
         ctx.reduction = reduction
         ctx.precomputed = precompute is not None
         ctx.num_residuals = len(output) - 1
@@ -381,6 +512,7 @@ class LossFunctionNoJvp(Function):
         ctx.save_for_forward(x, target, W1, b1, W2, b2)
 
     @staticmethod
+    @in_parameter_precision
     def backward(ctx, grad_loss, *_grad_residuals):
         x, target, W1, b1, W2, b2, *residuals = ctx.saved_tensors
         if grad_loss is None:
@@ -388,10 +520,12 @@ class LossFunctionNoJvp(Function):
         needs = ctx.needs_input_grad
         param_needs = (needs[0], *needs[2:6])
         if ctx.precomputed and not backward_is_differentiated():
-            scaled = tuple(None if g is None or not n else g * grad_loss for g, n in zip(residuals, param_needs))
+            N = x.shape[0]
+            scale = grad_loss * (1.0 / N) if ctx.reduction == "mean" and N > 0 else grad_loss  # ()  dL/dL_sum
+            scaled = [None if g is None or not n else g * scale for g, n in zip(residuals, param_needs)]
             return scaled[0], None, *scaled[1:], None, None
         if ctx.precomputed or backward_is_differentiated():
-            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
+            a1 = hidden_activation_fast(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
             log_probs = torch.log_softmax(output_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
         else:
             a1, log_probs = residuals
@@ -405,9 +539,10 @@ class LossFunction(LossFunctionNoJvp):
     """Loss Function with forward-mode AD (``jvp``)."""
 
     @staticmethod
+    @in_parameter_precision
     def jvp(ctx, tx, ttarget, tW1, tb1, tW2, tb2, _treduction, _tprecompute):
         x, target, W1, b1, W2, b2 = ctx.saved_tensors
-        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+        a1 = hidden_activation_fast(x, W1, b1)  # (N, H)  eq. (1), (2)
         log_probs = torch.log_softmax(output_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
         terms = []
@@ -432,8 +567,21 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
     return without_jvp if torch.compiler.is_compiling() else with_jvp
 
 
+def _apply(function: type[Function], *args):
+    """``function.apply(*args)``, without its Python preamble in plain eager mode.
+
+    ``Function.apply`` binds the arguments to ``forward``'s signature with ``inspect`` (about
+    20 us, a fifth of a whole training step at N=1) only to fill in default arguments, which
+    these forwards do not have; the C++ ``apply`` underneath is the same. Under torch.compile
+    and torch.func transforms the public ``apply`` is used.
+    """
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    return super(Function, function).apply(*_functorch_utils.unwrap_dead_wrappers(args))
+
+
 def _autocast_active(x: Tensor) -> bool:
-    return torch.is_autocast_enabled(x.device.type)
+    return autocast_enabled(x.device.type)
 
 
 def _prepare(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, bool]:
@@ -449,9 +597,9 @@ def _apply_network(function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, 
     x2 = x.unsqueeze(0) if unbatched else x  # (N, D)
     if autocast:  # precision policy: manualgrad computes in the parameters' dtype
         with torch.autocast(x.device.type, enabled=False):
-            out, _ = function.apply(x2.to(W1.dtype), W1, b1, W2, b2)
+            out, _ = _apply(function, x2.to(W1.dtype), W1, b1, W2, b2)
     else:
-        out, _ = function.apply(x2, W1, b1, W2, b2)
+        out, _ = _apply(function, x2, W1, b1, W2, b2)
     return out.squeeze(0) if unbatched else out
 
 
@@ -470,9 +618,23 @@ def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tens
     return _apply_network(_pick(LogitsFunction, LogitsFunctionNoJvp), x, W1, b1, W2, b2, autocast)
 
 
+@contextmanager
+def loss_gradients_in_forward(enabled: bool) -> Iterator[None]:
+    """Make the scalar loss compute its gradients in the forward (True) or in backward (False)
+    at every batch size, inside the ``with`` block; by default that depends on N
+    (``PRECOMPUTE_MIN_ROWS``). For tests and ``verify``, which check both ways; not thread-safe.
+    """
+    global PRECOMPUTE_MIN_ROWS
+    saved, PRECOMPUTE_MIN_ROWS = PRECOMPUTE_MIN_ROWS, (0 if enabled else sys.maxsize)
+    try:
+        yield
+    finally:
+        PRECOMPUTE_MIN_ROWS = saved
+
+
 def _precompute_mask(x: Tensor, target: Tensor, params: Sequence[Tensor], reduction: str) -> tuple[bool, ...] | None:
     """Which gradients the loss's forward should compute now, or None to defer to backward."""
-    if reduction == "none" or not torch.is_grad_enabled() or target.requires_grad:
+    if reduction == "none" or x.shape[0] < PRECOMPUTE_MIN_ROWS or not torch.is_grad_enabled() or target.requires_grad:
         return None
     if torch.compiler.is_compiling() or _functorch_active():
         return None
@@ -503,6 +665,5 @@ def two_layer_net_loss(
     function = _pick(LossFunction, LossFunctionNoJvp)
     precompute = _precompute_mask(x, target, (W1, b1, W2, b2), reduction)
     with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
-        loss = function.apply(x, target, W1, b1, W2, b2, reduction, precompute)[0]
+        loss = _apply(function, x, target, W1, b1, W2, b2, reduction, precompute)[0]
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
-

@@ -22,7 +22,9 @@ from torch import Tensor
 
 from . import functional, reference
 
-PATHS = ("probs", "logits", "loss", "loss_soft")
+# loss: class-index targets; loss_soft: probability targets; loss_in_fwd: class indices with the
+# gradients computed in the forward pass, as the loss does by default from PRECOMPUTE_MIN_ROWS rows
+PATHS = ("probs", "logits", "loss", "loss_soft", "loss_in_fwd")
 GRADIENT_NAMES = ("x", "W1", "b1", "W2", "b2")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -153,11 +155,14 @@ def path_functions(path: str, problem: Problem) -> tuple[Callable[..., Tensor], 
         return functional.two_layer_net, reference.probs
     if path == "logits":
         return functional.two_layer_net_logits, reference.logits
-    target = problem.target if path == "loss" else problem.soft_target
-    return (
-        lambda x, *p: functional.two_layer_net_loss(x, target, *p),
-        lambda x, *p: reference.loss(x, target, *p),
-    )
+    target = problem.soft_target if path == "loss_soft" else problem.target
+    in_forward = {"loss": False, "loss_soft": False, "loss_in_fwd": True}[path]
+
+    def manual(x: Tensor, *params: Tensor) -> Tensor:
+        with functional.loss_gradients_in_forward(in_forward):
+            return functional.two_layer_net_loss(x, target, *params)
+
+    return manual, lambda x, *p: reference.loss(x, target, *p)
 
 
 def evaluate(fn: Callable[..., Tensor], problem: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -310,7 +315,7 @@ def verify(
 
 def _row(device, dtype, path, quantity, max_abs, max_rel, bit_exact, tolerance, result) -> str:
     return (
-        f"  {device:<6} {dtype:<8} {path:<9} {quantity:<8} {max_abs:>11} {max_rel:>11} {bit_exact:>9}  "
+        f"  {device:<6} {dtype:<8} {path:<11} {quantity:<8} {max_abs:>11} {max_rel:>11} {bit_exact:>9}  "
         f"{tolerance:<13} {result}"
     )
 
@@ -367,7 +372,7 @@ def format_report(report: Report) -> str:
         lines.append(f"torch.autograd checks, float64 (N={sizes['batch']}, H={sizes['hidden']}, C={sizes['classes']})")  # type: ignore[index]
         for c in gradchecks:
             detail = f"  ({c.detail})" if c.detail else ""
-            lines.append(f"  {c.device:<6} {c.path:<9} {c.check:<28} {c.status.upper()}{detail}")
+            lines.append(f"  {c.device:<6} {c.path:<11} {c.check:<28} {c.status.upper()}{detail}")
         lines.append("")
     lines += format_matrix([c for c in report.checks if c.section == "conformance"])
     total = len(report.comparisons) + len(report.checks)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from manualgrad import functional
+
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
@@ -13,6 +15,23 @@ DTYPES = [torch.float64, torch.float32]
 # (rtol, atol) per dtype for manual vs autograd: assert_close's defaults for float64, and
 # float32 loosened for the different summation order of batch sums.
 TOLERANCES = {torch.float64: {"rtol": 1e-7, "atol": 1e-7}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
+
+
+# Where the scalar loss computes its gradients. By default that depends on N (in the forward
+# from functional.PRECOMPUTE_MIN_ROWS rows); tests force each way at every size.
+LOSS_STRATEGIES = ["gradients-in-backward", "gradients-in-forward"]
+
+
+def loss_strategy(name: str):
+    """A context in which the loss follows one of LOSS_STRATEGIES at every N."""
+    return functional.loss_gradients_in_forward(name == "gradients-in-forward")
+
+
+@pytest.fixture(params=LOSS_STRATEGIES)
+def either_loss_strategy(request):
+    """Run the test once with each loss strategy."""
+    with loss_strategy(request.param):
+        yield request.param
 
 
 def make_problem(N=16, D=2, H=32, C=2, *, device="cpu", dtype=torch.float64, seed=0, soft=False):

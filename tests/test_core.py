@@ -38,6 +38,7 @@ def test_network_paths_match_autograd(device, dtype, size, path):
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.usefixtures("either_loss_strategy")
 def test_loss_matches_autograd(device, dtype, size, reduction, soft):
     x, target, params = make_problem(*size, device=device, dtype=dtype, soft=soft)
     grad_out = torch.rand(size[0], dtype=dtype, device=device) if reduction == "none" else None
@@ -91,6 +92,7 @@ GRADCHECK_CASES = {
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", GRADCHECK_CASES)
 @pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.usefixtures("either_loss_strategy")
 def test_gradcheck_float64(device, case, soft):
     x, target, params = make_problem(5, 3, 8, 3, device=device, soft=soft)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
