@@ -6,13 +6,18 @@ Exception types follow PyTorch users' expectations:
 * ``ValueError`` for the wrong shape, size, or value,
 * ``RuntimeError`` for tensors on different devices (the type PyTorch itself raises).
 
-Each message names the argument and the offending shape, dtype, device or value.
+Each message names the argument and the offending shape, dtype, device or value. The
+checks read only metadata (type, dtype, shape, device), so they run no kernel, with one
+exception: the class-index range.
 
 Class-index range checks (``0 <= target < C``) need the values, so they are done
-explicitly only where reading the values is cheap and allowed: eager mode on the CPU.
-On CUDA (where a check would synchronise the stream), under ``torch.compile`` and under
+explicitly only where reading the values is cheap and allowed: eager mode on the CPU, on
+a plain ``torch.Tensor`` (not a fake or other subclass tensor). On CUDA (where a check
+would synchronise the stream), under ``torch.compile`` / ``torch.export`` and under
 ``torch.func`` transforms, the range is checked by PyTorch's own ``gather`` kernel inside
-the loss (a device-side assertion on CUDA, an ``index ... out of bounds`` error on CPU).
+the loss (a device-side assertion on CUDA, an ``index ... out of bounds`` error on CPU,
+an ``index out of bounds`` check in Inductor's generated code), so an out-of-range label
+still raises instead of giving a silently wrong loss.
 """
 
 from __future__ import annotations
@@ -59,7 +64,9 @@ def check_sizes(in_features: object, hidden_features: object, out_features: obje
         ("out_features", out_features),
     ):
         if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"{name} must be an int, got {type(size).__name__} ({size!r})")
+            raise TypeError(
+                f"{name} must be an int, got {type(size).__name__} ({size!r}); pass a Python int, e.g. int({name})"
+            )
         if size <= 0:
             raise ValueError(f"{name} must be positive, got {size}")
 
@@ -110,6 +117,9 @@ def check_input(x: object, W1: Tensor, *, autocast: bool) -> Tensor:
 
 
 def check_reduction(reduction: object) -> str:
+    """Return ``reduction`` if it is one of "mean", "sum", "none"."""
+    if not isinstance(reduction, str):
+        raise TypeError(f"reduction must be a str, one of {REDUCTIONS}, got {type(reduction).__name__} ({reduction!r})")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction  # type: ignore[return-value]
@@ -129,7 +139,9 @@ def check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, *, autocast:
     prob_shape = (C,) if unbatched else (N, C)
     _require_same_device("target", target, "W1", W1)
     if target.dtype == torch.bool or target.is_complex():
-        raise TypeError(f"target must hold int64 class indices or floating probabilities, got dtype {target.dtype}")
+        raise TypeError(
+            f"target must hold integer (int64) class indices or floating probabilities, got dtype {target.dtype}"
+        )
     if target.is_floating_point():
         if tuple(target.shape) == index_shape and index_shape != prob_shape:
             raise TypeError(
@@ -137,27 +149,34 @@ def check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, *, autocast:
                 f"(int64) tensor, got dtype {target.dtype}; use target.long()"
             )
         if tuple(target.shape) != prob_shape:
-            raise ValueError(
-                f"probability target must have shape {prob_shape} (batch, classes), got {tuple(target.shape)}"
-            )
+            meaning = "(classes,) for an unbatched x" if unbatched else "(rows of x, classes)"
+            raise ValueError(f"probability target must have shape {prob_shape} {meaning}, got {tuple(target.shape)}")
         if target.dtype != W1.dtype and not autocast:
-            raise TypeError(f"probability target has dtype {target.dtype} but the parameters have dtype {W1.dtype}")
+            raise TypeError(
+                f"probability target has dtype {target.dtype} but the parameters have dtype {W1.dtype}; "
+                f"convert it with target.to({W1.dtype})"
+            )
         return target
     if tuple(target.shape) != index_shape:
-        what = (
-            "a 0-dim class index for one unbatched sample"
-            if unbatched
-            else f"shape ({N},), one class index per row of x"
-        )
-        raise ValueError(f"target must be {what}, got shape {tuple(target.shape)}")
-    if check_values and target.numel() > 0:
+        what = "shape (), one class index for an unbatched x" if unbatched else f"shape ({N},), one per row of x"
+        hint = ""
+        if tuple(target.shape) == prob_shape:
+            hint = f"; for probabilities (soft or one-hot labels) use a floating tensor, target.to({W1.dtype})"
+        raise ValueError(f"target of class indices must have {what}, got shape {tuple(target.shape)}{hint}")
+    if check_values and target.numel() > 0 and type(target) is Tensor:  # fake/subclass tensors: gather checks
         _check_class_range(target, C)
     return target
 
 
 def _check_class_range(target: Tensor, C: int) -> None:
-    bad = (target < 0) | (target >= C)
-    if bool(bad.any()):
-        position = int(bad.reshape(-1).nonzero()[0, 0])
-        value = int(target.reshape(-1)[position])
-        raise ValueError(f"target holds class index {value} at position {position}; class indices must lie in [0, {C})")
+    flat = target.reshape(-1)
+    if flat.numel() <= 64:  # a few labels: reading them as a list is cheaper than any kernel
+        labels = flat.tolist()
+        lowest, highest = min(labels), max(labels)
+    else:
+        lowest, highest = (int(bound) for bound in torch.aminmax(flat))
+    if lowest >= 0 and highest < C:
+        return
+    position = int(((flat < 0) | (flat >= C)).nonzero()[0, 0])
+    value = int(flat[position])
+    raise ValueError(f"target holds class index {value} at position {position}; class indices must lie in [0, {C})")
