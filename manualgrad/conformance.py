@@ -354,27 +354,37 @@ def _ddp_data() -> tuple[TwoLayerNet, Tensor, Tensor]:
     return model, x, target
 
 
+def _ddp_rank_gradients(path: str, rank: int) -> list[Tensor]:
+    """One DDP step of ``path`` on this rank's 4 rows; the all-reduced parameter gradients."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, x, target = _ddp_data()
+    rows = slice(rank * 4, rank * 4 + 4)
+    wrapped = DistributedDataParallel(model if path == "loss" else _Objective(model, path))
+    wrapped(x[rows], target[rows]).backward()
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
 def _ddp_worker(rank: int, world_size: int, folder: str) -> None:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
     # rendezvous through a file, not a TCP port chosen in advance (which another process may take
     # before the workers bind it); gloo itself then connects the two ranks over loopback
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
+    if sys.platform.startswith("linux"):  # elsewhere gloo finds the interface from the host name
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     store = f"file://{os.path.join(folder, 'rendezvous')}"
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world_size)
     try:
-        results = {}
-        for path in PATHS:
-            model, x, target = _ddp_data()
-            rows = slice(rank * 4, rank * 4 + 4)
-            wrapped = DistributedDataParallel(model if path == "loss" else _Objective(model, path))
-            wrapped(x[rows], target[rows]).backward()
-            results[path] = [p.grad for p in model.parameters()]
+        results = {path: _ddp_rank_gradients(path, rank) for path in PATHS}  # the DDP wrappers are gone
         if rank == 0:
             torch.save(results, os.path.join(folder, "grads.pt"))
+        dist.barrier()  # neither rank tears down while the other still talks
     finally:
         dist.destroy_process_group()
+    # Leave without interpreter finalisation: gloo's threads can still be winding down then, and
+    # their destructors abort the process now and then ("terminate called without an active
+    # exception", SIGABRT), failing a run whose gradients were already written.
+    os._exit(0)
 
 
 @functools.lru_cache(maxsize=1)

@@ -56,7 +56,6 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch._functorch.utils as _functorch_utils
 import torch.autograd.forward_ad as forward_ad
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
@@ -106,7 +105,7 @@ def hidden_activation_fast(
     so they keep :func:`hidden_activation`, the very ops of the native-autograd twin.)
     """
     recorded = out is None and backward_is_differentiated()  # any autograd mode records these ops
-    if not _sigmoid_tanh(x, W1.shape[1]):
+    if not doubled and not _sigmoid_tanh(x, W1.shape[1]):  # doubled W1, b1 always need the sigmoid form
         z1 = torch.addmm(b1, x, W1, out=out)  # (N, H)  eq. (1)
         return torch.tanh(z1) if recorded else z1.tanh_()  # (N, H)  eq. (2)
     scale = 1 if doubled else 2
@@ -283,10 +282,8 @@ def loss_and_gradients(
 
 
 def summed_loss(log_probs: Tensor, target: Tensor) -> Tensor:
-    """-sum_n sum_c y log y_hat: () eq. (5) before the 1/N (per_sample_loss summed, in one op)."""
-    if target.is_floating_point():
-        return -(target * log_probs).sum()  # ()
-    return F.nll_loss(log_probs, target, reduction="sum")  # ()  -sum_n log y_hat[n, target_n]
+    """-sum_n sum_c y log y_hat: () eq. (5) before the 1/N (gather's range check, no ignore_index)."""
+    return per_sample_loss(log_probs, target).sum()  # ()
 
 
 def _accumulate(total: Tensor | None, term: Tensor) -> Tensor:
@@ -375,9 +372,14 @@ def in_parameter_precision(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def wrapper(ctx, *grads):
-        if not autocast_enabled(ctx.device_type):
+        device_type = ctx.device_type
+        if torch.compiler.is_compiling():  # traced once for whatever autocast state the caller has later
+            turn_off = torch.amp.is_autocast_available(device_type)
+        else:
+            turn_off = autocast_enabled(device_type)
+        if not turn_off:
             return method(ctx, *grads)
-        with torch.autocast(ctx.device_type, enabled=False):
+        with torch.autocast(device_type, enabled=False):
             return method(ctx, *grads)
 
     return wrapper
@@ -619,17 +621,21 @@ def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tens
 
 
 @contextmanager
-def loss_gradients_in_forward(enabled: bool) -> Iterator[None]:
+def loss_gradients_in_forward(enabled: bool, chunk_rows: int | None = None) -> Iterator[None]:
     """Make the scalar loss compute its gradients in the forward (True) or in backward (False)
-    at every batch size, inside the ``with`` block; by default that depends on N
-    (``PRECOMPUTE_MIN_ROWS``). For tests and ``verify``, which check both ways; not thread-safe.
+    at every batch size, inside the ``with`` block (by default that depends on N,
+    ``PRECOMPUTE_MIN_ROWS``), in chunks of ``chunk_rows`` rows if given. For tests and
+    ``verify``, which check every way on small batches; not thread-safe.
     """
-    global PRECOMPUTE_MIN_ROWS
-    saved, PRECOMPUTE_MIN_ROWS = PRECOMPUTE_MIN_ROWS, (0 if enabled else sys.maxsize)
+    global PRECOMPUTE_MIN_ROWS, LOSS_CHUNK_ROWS, LOSS_CHUNK_ROWS_ACCELERATOR
+    saved = PRECOMPUTE_MIN_ROWS, LOSS_CHUNK_ROWS, LOSS_CHUNK_ROWS_ACCELERATOR
+    PRECOMPUTE_MIN_ROWS = 0 if enabled else sys.maxsize
+    if chunk_rows is not None:
+        LOSS_CHUNK_ROWS = LOSS_CHUNK_ROWS_ACCELERATOR = chunk_rows
     try:
         yield
     finally:
-        PRECOMPUTE_MIN_ROWS = saved
+        PRECOMPUTE_MIN_ROWS, LOSS_CHUNK_ROWS, LOSS_CHUNK_ROWS_ACCELERATOR = saved
 
 
 def _precompute_mask(x: Tensor, target: Tensor, params: Sequence[Tensor], reduction: str) -> tuple[bool, ...] | None:

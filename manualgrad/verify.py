@@ -22,9 +22,10 @@ from torch import Tensor
 
 from . import functional, reference
 
-# loss: class-index targets; loss_soft: probability targets; loss_in_fwd: class indices with the
-# gradients computed in the forward pass, as the loss does by default from PRECOMPUTE_MIN_ROWS rows
-PATHS = ("probs", "logits", "loss", "loss_soft", "loss_in_fwd")
+# loss, loss_soft: class-index and probability targets, gradients computed in backward (the
+# default below functional.PRECOMPUTE_MIN_ROWS rows); loss_in_fwd, soft_in_fwd: the same with the
+# gradients computed in the forward pass, in three chunks of rows (the default for large batches)
+PATHS = ("probs", "logits", "loss", "loss_soft", "loss_in_fwd", "soft_in_fwd")
 GRADIENT_NAMES = ("x", "W1", "b1", "W2", "b2")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -155,11 +156,12 @@ def path_functions(path: str, problem: Problem) -> tuple[Callable[..., Tensor], 
         return functional.two_layer_net, reference.probs
     if path == "logits":
         return functional.two_layer_net_logits, reference.logits
-    target = problem.soft_target if path == "loss_soft" else problem.target
-    in_forward = {"loss": False, "loss_soft": False, "loss_in_fwd": True}[path]
+    target = problem.soft_target if path in ("loss_soft", "soft_in_fwd") else problem.target
+    in_forward = path.endswith("in_fwd")
 
     def manual(x: Tensor, *params: Tensor) -> Tensor:
-        with functional.loss_gradients_in_forward(in_forward):
+        chunk_rows = x.shape[0] // 3 + 1 if in_forward else None
+        with functional.loss_gradients_in_forward(in_forward, chunk_rows):
             return functional.two_layer_net_loss(x, target, *params)
 
     return manual, lambda x, *p: reference.loss(x, target, *p)

@@ -153,6 +153,14 @@ def test_chunked_loss_passes_gradcheck_and_gradgradcheck(monkeypatch, soft):
     assert torch.autograd.gradgradcheck(manual, inputs, check_fwd_over_rev=True)
 
 
+def test_last_chunk_too_small_for_the_sigmoid_form_matches_autograd(monkeypatch):
+    """Chunks of 16 x 300 use tanh = 2 sigmoid(2 z1) - 1 with W1, b1 doubled once; the last chunk,
+    1 x 300, is below the size where that form pays, and must use it all the same."""
+    monkeypatch.setattr(functional, "LOSS_CHUNK_ROWS", 16)
+    x, target, params = make_problem(17, 2, 300, 2)
+    assert_matches_twin(*_losses(target, "mean"), [x, *params])
+
+
 def test_chunked_loss_is_bit_identical_run_to_run_and_matches_one_chunk(monkeypatch):
     x, target, params = make_problem(37, 2, 16, 2, dtype=torch.float32)
     x = x.T.contiguous().T  # non-contiguous rows

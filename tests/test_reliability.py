@@ -412,6 +412,16 @@ def test_negative_control_a_lost_gradient_is_caught(monkeypatch):
         )
 
 
+@pytest.mark.parametrize("rows", [5, 100], ids=["few labels", "many labels"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.uint32, torch.int32], ids=str)
+def test_other_integer_label_dtypes_are_accepted_and_range_checked(dtype, rows):
+    x, target, params = make_problem(rows, D, H, C)
+    loss = functional.two_layer_net_loss(x, target.to(dtype), *params)
+    torch.testing.assert_close(loss, reference.loss(x, target, *params))
+    with pytest.raises(ValueError, match=f"class index {C} at position 3; class indices must lie in"):
+        functional.two_layer_net_loss(x, _with(target, 3, C).to(dtype), *params)
+
+
 def test_meta_model_infers_shapes():
     """A model on the meta device (deferred initialisation, shape inference) runs every method."""
     model = TwoLayerNet(D, H, C, device="meta")
@@ -616,10 +626,12 @@ def test_nan_and_inf_propagate_as_in_pytorch(case, path):
 AUTOCAST_PATHS = ["probs", "logits", "loss-mean", "loss-none"]
 
 
-def _autocast_value_and_grads(path, autocast_dtype, x_dtype, backward_inside):
+def _autocast_value_and_grads(path, autocast_dtype, x_dtype, backward_inside, compile_backend=None):
     x, target, params = make_problem(64, 2, 500, 3, dtype=torch.float32, seed=9)
     x = x.to(x_dtype)
     manual, twin = pair(path, target)
+    if compile_backend is not None:
+        manual = torch.compile(manual, backend=compile_backend, fullgraph=True)
     grad_out = upstream(path, 64, 3, torch.float32)
     leaves = [t.detach().clone().requires_grad_() for t in (x, *params)]
     with torch.autocast("cpu", dtype=autocast_dtype):
@@ -664,6 +676,14 @@ def test_autocast_computes_in_the_parameters_dtype(path, x_dtype):
 def test_autocast_backward_inside_the_region_keeps_the_parameters_dtype(path, x_dtype):
     result, expected = _autocast_value_and_grads(path, torch.bfloat16, x_dtype, backward_inside=True)
     _assert_autocast_matches_float32(result, expected, x_dtype, path)
+
+
+@pytest.mark.parametrize("backward_inside", [False, True], ids=["backward-after", "backward-inside"])
+@pytest.mark.parametrize("path", AUTOCAST_PATHS)
+def test_autocast_under_compile_computes_in_the_parameters_dtype(path, backward_inside):
+    """The compiled backward is traced once: it must turn autocast off whatever the state at trace time."""
+    result, expected = _autocast_value_and_grads(path, torch.bfloat16, torch.float32, backward_inside, "aot_eager")
+    _assert_autocast_matches_float32(result, expected, torch.float32, path)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
