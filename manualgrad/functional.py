@@ -29,9 +29,10 @@ Three entry points, each backed by its own Function: :func:`two_layer_net` (prob
 backward is the fused eq. (7)). How each mode of PyTorch is served:
 
 * first-order backward: the formulas above, from tensors saved in forward, no autograd;
-* the loss in eager mode computes the parameter gradients during the forward, in chunks of
-  rows, when they will be needed (the loss is a scalar, so its upstream gradient is only a
-  scale) and saves only parameter-sized tensors; the chunks reuse two (chunk, H) buffers;
+* the loss in eager mode, from ``PRECOMPUTE_MIN_ROWS`` rows, computes the parameter gradients
+  during the forward, in chunks of rows, when they will be needed (the loss is a scalar, so
+  its upstream gradient is only a scale) and saves only parameter-sized tensors; the chunks
+  reuse two (chunk, H) buffers. Smaller batches save a1 and log y_hat, as probs and logits do;
 * double backward (``create_graph=True``), ``torch.func`` transforms and forward-over-reverse:
   the backward recomputes a1 and y_hat from the saved inputs with differentiable ops, so the
   same formulas are differentiated correctly (pytorch issue 58509);
