@@ -45,6 +45,7 @@ import torch
 from torch.utils import benchmark
 
 from . import reference
+from .cli import positive_float, positive_int
 from .module import TwoLayerNet
 
 SIZES = (1, 32, 256, 4096, 65536)
@@ -449,12 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time one training step (loss + all parameter gradients) of manualgrad against eager "
         "autograd, torch.compile and numpy, side by side; report the bytes saved for backward and peak memory.",
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help=f"batch sizes N (default {SIZES})")
-    parser.add_argument("--hidden", type=int, default=HIDDEN, help=f"hidden units (default {HIDDEN})")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=None, help=f"batch sizes N (default {SIZES})")
+    parser.add_argument("--hidden", type=positive_int, default=HIDDEN, help=f"hidden units (default {HIDDEN})")
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="default: all available")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of timing (default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds of timing (default 5)")
     parser.add_argument(
-        "--min-run-time", type=float, default=0.2, help="seconds per path, size and round (default 0.2)"
+        "--min-run-time", type=positive_float, default=0.2, help="seconds per path, size and round (default 0.2)"
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")

@@ -4,16 +4,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
 from . import verify as verify_lib
 
+# argparse types, shared by every subcommand (verify here, train and bench in their modules)
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+
+def _parse(text: str, kind: type, expected: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _parse(text, int, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _parse(text, int, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _parse(text, float, "a finite number >= 0")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _parse(text, float, "a positive number")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -26,8 +57,8 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="default: all available")
     parser.add_argument("--dtype", choices=("float64", "float32", "all"), default="all", help="default: all")
-    parser.add_argument("--batch", type=_positive_int, default=64, help="rows of x (default 64)")
-    parser.add_argument("--hidden", type=_positive_int, default=500, help="hidden units (default 500)")
+    parser.add_argument("--batch", type=positive_int, default=64, help="rows of x (default 64)")
+    parser.add_argument("--hidden", type=positive_int, default=500, help="hidden units (default 500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-gradcheck", action="store_true", help="skip gradcheck and gradgradcheck")
     parser.add_argument(

@@ -583,14 +583,10 @@ def _apply(function: type[Function], *args):
     return super(Function, function).apply(*_functorch_utils.unwrap_dead_wrappers(args))
 
 
-def _autocast_active(x: Tensor) -> bool:
-    return autocast_enabled(x.device.type)
-
-
 def _prepare(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, bool]:
     validation.check_parameters(W1, b1, W2, b2)
     x = validation.require_tensor("x", x)
-    autocast = _autocast_active(x)
+    autocast = autocast_enabled(x.device.type)
     x = validation.check_input(x, W1, autocast=autocast)
     return x, autocast
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .cli import non_negative_float, non_negative_int, positive_float, positive_int
 from .data import make_moons
 from .module import TwoLayerNet
 
@@ -325,34 +326,6 @@ def plot_losses(result: TrainResult, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def build_parser(prog: str = "manualgrad train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -362,20 +335,20 @@ def build_parser(prog: str = "manualgrad train") -> argparse.ArgumentParser:
         "Exits 1 when the loss curves differ by more than rounding (a wrong gradient, or a learning rate so "
         "large that training turns chaotic and amplifies rounding).",
     )
-    parser.add_argument("--samples", type=_positive_int, default=200, help="points (default 200)")
-    parser.add_argument("--noise", type=_non_negative_float, default=0.2, help="noise std (default 0.2)")
-    parser.add_argument("--hidden", type=_positive_int, default=500, help="hidden units (default 500)")
+    parser.add_argument("--samples", type=positive_int, default=200, help="points (default 200)")
+    parser.add_argument("--noise", type=non_negative_float, default=0.2, help="noise std (default 0.2)")
+    parser.add_argument("--hidden", type=positive_int, default=500, help="hidden units (default 500)")
     parser.add_argument(
-        "--epochs", type=_non_negative_int, default=DEFAULT_EPOCHS, help=f"full-batch steps (default {DEFAULT_EPOCHS})"
+        "--epochs", type=non_negative_int, default=DEFAULT_EPOCHS, help=f"full-batch steps (default {DEFAULT_EPOCHS})"
     )
-    parser.add_argument("--lr", type=_positive_float, default=DEFAULT_LR, help=f"learning rate (default {DEFAULT_LR})")
+    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help=f"learning rate (default {DEFAULT_LR})")
     parser.add_argument(
         "--momentum",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_MOMENTUM,
         help=f"SGD momentum (default {DEFAULT_MOMENTUM})",
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the data and weights (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data and weights (default 0)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default: float32")
     parser.add_argument(
         "--out",

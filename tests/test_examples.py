@@ -143,7 +143,7 @@ def test_python_m_manualgrad_train():
         (["--epochs", "-1"], "--epochs: must be an integer >= 0, got -1"),
         (["--lr", "0"], "--lr: must be a positive number, got 0"),
         (["--samples", "1"], "--samples must be at least 2"),
-        (["--hidden", "x"], "--hidden: invalid _positive_int value: 'x'"),
+        (["--hidden", "x"], "--hidden: must be a positive integer, got 'x'"),
         (["--noise", "nan"], "--noise: must be a finite number >= 0, got nan"),
     ],
 )
