@@ -261,7 +261,7 @@ def loss_and_gradients(
         buffer = hidden[:n] if chunked else None  # (n, H)
         a1 = hidden_activation_fast(xs, W1_a, b1_a, buffer, doubled=doubled)  # (n, H)  eq. (1), (2)
         log_probs = torch.log_softmax(torch.addmm(b2, a1, W2_cols), 1)  # (n, C)  eq. (3), (4)
-        loss = _accumulate(loss, summed_loss(log_probs, ts))  # ()  eq. (5), summed over rows
+        loss = _accumulate(loss, per_sample_loss(log_probs, ts).sum())  # ()  eq. (5), summed over rows
         delta2 = loss_grad_logits(log_probs, ts, "sum", None)  # (n, C)  eq. (7), summed loss
         if need_W2:
             grad_W2_T = _accumulate_mm(grad_W2_T, delta2.t(), a1)  # (C, H)  eq. (14), transposed
@@ -280,11 +280,6 @@ def loss_and_gradients(
                 grad_x = torch.mm(delta1, W1.t())  # (N, D)  eq. (18)
     grad_W2 = None if grad_W2_T is None else grad_W2_T.t()  # (H, C)  eq. (14)
     return loss, (grad_x, grad_W1, grad_b1, grad_W2, grad_b2)
-
-
-def summed_loss(log_probs: Tensor, target: Tensor) -> Tensor:
-    """-sum_n sum_c y log y_hat: () eq. (5) before the 1/N (gather's range check, no ignore_index)."""
-    return per_sample_loss(log_probs, target).sum()  # ()
 
 
 def _accumulate(total: Tensor | None, term: Tensor) -> Tensor:
