@@ -15,16 +15,54 @@ from . import functional, validation
 
 
 class TwoLayerNet(nn.Module):
-    """x (in) -> tanh hidden -> softmax output, with hand-derived gradients.
+    r"""A two-layer network x -> tanh hidden -> softmax output, with hand-derived gradients.
 
-    * ``model(x)`` returns y_hat = softmax(z2), eq. (1)-(4);
+    .. math::
+        \hat{y} = \operatorname{softmax}(\tanh(x W_1 + b_1) W_2 + b_2)
+
+    Row-vector convention, as in the article: ``z1 = x W1 + b1``. The backward of every
+    method is the hand-derived one of ``docs/derivation.md``, checked against autograd.
+
+    * ``model(x)`` returns the probabilities y_hat, eq. (1)-(4);
     * ``model.logits(x)`` returns z2, for any PyTorch loss;
-    * ``model.loss(x, target, reduction="mean")`` returns the cross-entropy, whose backward
-      is the fused dL/dz2 = (y_hat - y) / N, eq. (7);
+    * ``model.loss(x, target, reduction="mean")`` returns the cross-entropy, with the fused
+      backward dL/dz2 = (y_hat - y) / N, eq. (7); ``model(x, target)`` is the same;
     * ``model.predict(x)`` returns class indices.
 
-    ``x`` is (N, in) or one unbatched sample (in,). ``target`` is class indices (N,) of an
-    integer dtype, or probabilities (N, out), as for ``F.cross_entropy``.
+    Args:
+        in_features: size D of each input sample. Default: 2
+        hidden_features: number H of tanh hidden units. Default: 500
+        out_features: number C of classes. Default: 2
+        device: device of the parameters. Default: the current default device
+        dtype: floating dtype of the parameters. Default: the current default dtype
+
+    Shape:
+        - Input: :math:`(N, D)` or :math:`(D,)` for one unbatched sample.
+        - Target: class indices :math:`(N,)` of an integer dtype, or probabilities
+          :math:`(N, C)` in the parameters' dtype (:math:`()` or :math:`(C,)` unbatched),
+          as for ``F.cross_entropy``.
+        - Output: :math:`(N, C)`, or :math:`(C,)` unbatched; the loss is a scalar, or
+          :math:`(N,)` with ``reduction="none"``.
+
+    Attributes:
+        W1: :math:`(D, H)`, b1: :math:`(H,)`, W2: :math:`(H, C)`, b2: :math:`(C,)`,
+            initialised as ``nn.Linear`` does, uniform in :math:`\pm 1/\sqrt{\text{fan\_in}}`.
+
+    Example::
+
+        >>> import torch
+        >>> from manualgrad import TwoLayerNet
+        >>> _ = torch.manual_seed(0)
+        >>> model = TwoLayerNet(2, 16, 3)
+        >>> x, target = torch.randn(8, 2), torch.randint(0, 3, (8,))
+        >>> model(x).shape
+        torch.Size([8, 3])
+        >>> loss = model.loss(x, target)
+        >>> loss.backward()
+        >>> model.W1.grad.shape
+        torch.Size([2, 16])
+        >>> model.predict(x).shape
+        torch.Size([8])
     """
 
     def __init__(
@@ -36,6 +74,7 @@ class TwoLayerNet(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        """Create W1, b1, W2, b2 for the sizes given (see the class docstring)."""
         validation.check_sizes(in_features, hidden_features, out_features)
         super().__init__()
         self.in_features = in_features

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -123,6 +124,13 @@ def gradients_in_forward_at_any_size():
         yield
 
 
+@pytest.fixture
+def chunks_of():
+    """chunks_of(rows): from then on in the test, the loss runs in chunks of ``rows`` rows."""
+    with contextlib.ExitStack() as stack:
+        yield lambda rows: stack.enter_context(functional.loss_gradients_in_forward(True, chunk_rows=rows))
+
+
 def _losses(target, reduction):
     manual = lambda x, *p: functional.two_layer_net_loss(x, target, *p, reduction=reduction)  # noqa: E731
     twin = lambda x, *p: reference.loss(x, target, *p, reduction=reduction)  # noqa: E731
@@ -133,9 +141,8 @@ def _losses(target, reduction):
 @pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize(("N", "rows"), CHUNKS, ids=[f"N={n}-rows={r}" for n, r in CHUNKS])
-def test_chunked_loss_matches_autograd(monkeypatch, N, rows, reduction, soft, device):
-    monkeypatch.setattr(functional, "LOSS_CHUNK_ROWS", rows)
-    monkeypatch.setattr(functional, "LOSS_CHUNK_ROWS_ACCELERATOR", rows)
+def test_chunked_loss_matches_autograd(chunks_of, N, rows, reduction, soft, device):
+    chunks_of(rows)
     x, target, params = make_problem(N, 3, 8, 4, device=device, soft=soft)
     manual, twin = _losses(target, reduction)
     assert_matches_twin(manual, twin, [x, *params])  # x requires grad: dx is written chunk by chunk
@@ -144,8 +151,8 @@ def test_chunked_loss_matches_autograd(monkeypatch, N, rows, reduction, soft, de
 
 
 @pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
-def test_chunked_loss_passes_gradcheck_and_gradgradcheck(monkeypatch, soft):
-    monkeypatch.setattr(functional, "LOSS_CHUNK_ROWS", 2)
+def test_chunked_loss_passes_gradcheck_and_gradgradcheck(chunks_of, soft):
+    chunks_of(2)
     x, target, params = make_problem(5, 3, 6, 3, soft=soft)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
     manual, _ = _losses(target, "mean")
@@ -153,24 +160,24 @@ def test_chunked_loss_passes_gradcheck_and_gradgradcheck(monkeypatch, soft):
     assert torch.autograd.gradgradcheck(manual, inputs, check_fwd_over_rev=True)
 
 
-def test_last_chunk_too_small_for_the_sigmoid_form_matches_autograd(monkeypatch):
+def test_last_chunk_too_small_for_the_sigmoid_form_matches_autograd(chunks_of):
     """Chunks of 16 x 300 use tanh = 2 sigmoid(2 z1) - 1 with W1, b1 doubled once; the last chunk,
     1 x 300, is below the size where that form pays, and must use it all the same."""
-    monkeypatch.setattr(functional, "LOSS_CHUNK_ROWS", 16)
+    chunks_of(16)
     x, target, params = make_problem(17, 2, 300, 2)
     assert_matches_twin(*_losses(target, "mean"), [x, *params])
 
 
-def test_chunked_loss_is_bit_identical_run_to_run_and_matches_one_chunk(monkeypatch):
+def test_chunked_loss_is_bit_identical_run_to_run_and_matches_one_chunk(chunks_of):
     x, target, params = make_problem(37, 2, 16, 2, dtype=torch.float32)
     x = x.T.contiguous().T  # non-contiguous rows
     manual, twin = _losses(target, "mean")
-    monkeypatch.setattr(functional, "LOSS_CHUNK_ROWS", 8)
+    chunks_of(8)
     first, again = value_and_grads(manual, [x, *params]), value_and_grads(manual, [x, *params])
     for a, b in zip((first[0], *first[1]), (again[0], *again[1])):
         assert torch.equal(a, b)
     assert_matches_twin(manual, twin, [x, *params])  # float32 tolerances
-    monkeypatch.setattr(functional, "LOSS_CHUNK_ROWS", 4096)
+    chunks_of(4096)
     whole = value_and_grads(manual, [x, *params])
     for a, b in zip((first[0], *first[1]), (whole[0], *whole[1])):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # chunking only reorders the sums

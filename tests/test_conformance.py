@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import DEVICES
 
-from manualgrad import TwoLayerNet, conformance, functional
+from manualgrad import TwoLayerNet, autograd, conformance, functional
 
 IN_PROCESS_CHECKS = [name for name in conformance.CHECKS if not name.startswith("DDP")]
 
@@ -83,7 +83,7 @@ def test_autocast_returns_parameter_dtype_and_float32_math():
 def test_negative_control_saved_intermediates_break_double_backward(monkeypatch, path):
     """pytorch issue 58509: a backward that uses saved a1/y_hat (no history) under create_graph is
     silently wrong. Turning off the recomputation must make the double-backward check fail."""
-    monkeypatch.setattr(functional, "backward_is_differentiated", lambda: False)
+    monkeypatch.setattr(autograd, "backward_is_differentiated", lambda: False)
     with pytest.raises(Exception, match="gradgradcheck|Hessian|Jacobian mismatch"):
         conformance.check_double_backward(path, "cpu")
 
@@ -95,14 +95,14 @@ def test_negative_control_missing_jvp_is_caught(monkeypatch):
 
 
 def test_negative_control_wrong_jvp_is_caught(monkeypatch):
-    original = functional.softmax_jvp
-    monkeypatch.setattr(functional, "softmax_jvp", lambda tz2, y_hat: 2 * original(tz2, y_hat))
+    original = autograd.softmax_jvp
+    monkeypatch.setattr(autograd, "softmax_jvp", lambda tz2, y_hat: 2 * original(tz2, y_hat))
     with pytest.raises(Exception, match="Jacobian mismatch|forward"):
         conformance.check_forward_ad("probs", "cpu")
 
 
 def test_negative_control_conformance_matrix_reports_failures(monkeypatch):
-    monkeypatch.setattr(functional, "backward_is_differentiated", lambda: False)
+    monkeypatch.setattr(autograd, "backward_is_differentiated", lambda: False)
     cells = conformance.conformance_matrix(["cpu"], paths=["probs"], checks=["double backward, HVP", "autocast"])
     statuses = {check: status for check, _, _, status, _ in cells}
     assert statuses == {"double backward, HVP": "fail", "autocast": "pass"}

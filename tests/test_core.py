@@ -12,7 +12,7 @@ import torch
 from conftest import DEVICES, DTYPES, assert_matches_twin, make_problem, value_and_grads
 
 import manualgrad
-from manualgrad import TwoLayerNet, functional, reference, verify
+from manualgrad import TwoLayerNet, autograd, functional, reference, verify
 
 REDUCTIONS = ["mean", "sum", "none"]
 SIZES = [(1, 2, 1, 2), (16, 2, 32, 2), (33, 3, 7, 5)]  # (N, D, H, C)
@@ -105,8 +105,8 @@ def test_gradcheck_float64(device, case, soft):
 
 
 def _broken(original, fault):
-    def broken_backward(grad_z2, x, W1, W2, a1, needs):
-        grads = list(original(grad_z2, x, W1, W2, a1, needs))
+    def broken_backward(grad_z2, x, W1, W2, a1, needs, **flags):
+        grads = list(original(grad_z2, x, W1, W2, a1, needs, **flags))
         return tuple(fault(grads))
 
     return broken_backward
@@ -122,7 +122,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_negative_control_broken_backward_is_caught(monkeypatch, fault):
-    monkeypatch.setattr(functional, "backward_from_logits", _broken(functional.backward_from_logits, FAULTS[fault]))
+    monkeypatch.setattr(autograd, "backward_from_logits", _broken(autograd.backward_from_logits, FAULTS[fault]))
     x, target, params = make_problem(7, 2, 8, 2)
     with pytest.raises(AssertionError):
         assert_matches_twin(
@@ -138,20 +138,20 @@ def test_negative_control_broken_backward_is_caught(monkeypatch, fault):
 
 def test_negative_control_dropped_tanh_derivative_is_caught(monkeypatch):
     """The article's most common slip: forgetting (1 - a1^2) in eq. (11)."""
-    original = functional.backward_from_logits
+    original = autograd.backward_from_logits
 
-    def without_tanh_derivative(grad_z2, x, W1, W2, a1, needs):
-        return original(grad_z2, x, W1, W2, torch.zeros_like(a1), needs)  # a1 := 0 makes 1 - a1^2 == 1
+    def without_tanh_derivative(grad_z2, x, W1, W2, a1, needs, **flags):
+        return original(grad_z2, x, W1, W2, torch.zeros_like(a1), needs, **flags)  # a1 := 0 makes 1 - a1^2 == 1
 
-    monkeypatch.setattr(functional, "backward_from_logits", without_tanh_derivative)
+    monkeypatch.setattr(autograd, "backward_from_logits", without_tanh_derivative)
     x, _, params = make_problem(6, 2, 8, 2)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
     assert not torch.autograd.gradcheck(functional.two_layer_net, inputs, raise_exception=False)
 
 
 def test_negative_control_wrong_loss_gradient_is_caught(monkeypatch):
-    original = functional.loss_grad_logits
-    monkeypatch.setattr(functional, "loss_grad_logits", lambda *a, **k: -original(*a, **k))
+    original = autograd.loss_grad_logits
+    monkeypatch.setattr(autograd, "loss_grad_logits", lambda *a, **k: -original(*a, **k))
     x, target, params = make_problem(6, 2, 8, 2)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
     assert not torch.autograd.gradcheck(

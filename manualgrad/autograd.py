@@ -1,0 +1,268 @@
+r"""The ``torch.autograd.Function``\ s PyTorch sees, wired to the kernels of ``kernels.py``.
+
+The equations are in ``functional.py``'s docstring and ``docs/derivation.md``; the choices
+that depend on PyTorch's mode are made by ``modes.py`` and passed to the kernels as
+arguments. How each mode of PyTorch is served:
+
+* first-order backward: the hand-derived formulas, from tensors saved in forward, no autograd;
+* the loss in eager mode, from ``modes.PRECOMPUTE_MIN_ROWS`` rows, computes the parameter gradients
+  during the forward, in chunks of rows, when they will be needed (the loss is a scalar, so
+  its upstream gradient is only a scale) and saves only parameter-sized tensors; the chunks
+  reuse two (chunk, H) buffers. Smaller batches save a1 and log y_hat, as probs and logits do;
+* double backward (``create_graph=True``), ``torch.func`` transforms and forward-over-reverse:
+  the backward recomputes a1 and y_hat from the saved inputs with differentiable ops, so the
+  same formulas are differentiated correctly (pytorch issue 58509);
+* forward-mode AD: a ``jvp`` with the tangent form of eq. (1)-(5);
+* ``torch.func.vmap``: ``generate_vmap_rule = True``;
+* ``torch.compile``: Dynamo refuses Functions that define ``jvp``, so under compilation the
+  same Functions without ``jvp`` are used.
+
+Speed (``python -m manualgrad bench``): on the CPU eq. (2) is evaluated as
+tanh z1 = 2 sigmoid(2 z1) - 1, seven times cheaper there than ``torch.tanh``; products with
+W2 run in the layout BLAS is fastest at for few classes; eager calls skip the Python preamble
+of ``Function.apply``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch._functorch.utils as _functorch_utils
+from torch import Tensor
+from torch.autograd import Function
+
+from . import modes
+from .kernels import (
+    add_tangents,
+    backward_from_logits,
+    column_major,
+    hidden_activation,
+    hidden_activation_fast,
+    logits_tangent,
+    loss_and_gradients,
+    loss_grad_logits,
+    loss_grad_target,
+    mean_scale,
+    output_logits,
+    per_sample_loss,
+    reduce_loss,
+    softmax_jvp,
+    softmax_vjp,
+)
+from .modes import backward_is_differentiated, in_parameter_precision
+
+# ----------------------------------------------------------------------------------------
+# The Functions. The classes without ``jvp`` are used under torch.compile; the subclasses
+# with ``jvp`` everywhere else.
+# ----------------------------------------------------------------------------------------
+
+
+def _W2_for(W2: Tensor, rows: int) -> Tensor:
+    """W2 (H, C) in the layout a1 (rows, H) W2 is fastest with."""
+    return column_major(W2) if modes.column_major_pays(W2, rows) else W2
+
+
+def _loss_forward(
+    x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, *, in_place: bool
+) -> tuple[Tensor, Tensor]:
+    """a1 (N, H) and log y_hat (N, C), eq. (1)-(4), as the loss computes them."""
+    sigmoid_form = modes.sigmoid_tanh_pays(x, W1.shape[1])
+    a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=sigmoid_form, in_place=in_place)  # (N, H)  eq. (1), (2)
+    log_probs = torch.log_softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4)
+    return a1, log_probs
+
+
+class LogitsFunctionNoJvp(Function):
+    """z2 = tanh(x W1 + b1) W2 + b2 with a hand-written backward; see :class:`LogitsFunction`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, W1, b1, W2, b2):
+        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+        z2 = output_logits(a1, _W2_for(W2, x.shape[0]), b2)  # (N, C)  eq. (3)
+        return z2, a1
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, W1, b1, W2, b2 = inputs
+        _, a1 = output
+        ctx.mark_non_differentiable(a1)
+        ctx.set_materialize_grads(False)
+        ctx.device_type = x.device.type
+        ctx.save_for_backward(x, W1, b1, W2, b2, a1)
+        ctx.save_for_forward(x, W1, b1, W2, b2, a1)
+
+    @staticmethod
+    @in_parameter_precision
+    def backward(ctx, grad_z2, _grad_a1):
+        x, W1, b1, W2, b2, a1 = ctx.saved_tensors
+        if grad_z2 is None:
+            return None, None, None, None, None
+        differentiated = backward_is_differentiated()
+        if differentiated:
+            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
+        return backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad, in_place=not differentiated)
+
+
+class LogitsFunction(LogitsFunctionNoJvp):
+    """Logits Function with forward-mode AD (``jvp``)."""
+
+    @staticmethod
+    @in_parameter_precision
+    def jvp(ctx, tx, tW1, tb1, tW2, tb2):
+        x, W1, _, W2, _, a1 = ctx.saved_tensors
+        tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
+        return tz2, None
+
+
+class ProbsFunctionNoJvp(Function):
+    """y_hat = softmax(z2) with a hand-written backward through the softmax, eq. (6)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, W1, b1, W2, b2):
+        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+        y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4)
+        return y_hat, a1
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, W1, b1, W2, b2 = inputs
+        y_hat, a1 = output
+        ctx.mark_non_differentiable(a1)
+        ctx.set_materialize_grads(False)
+        ctx.device_type = x.device.type
+        ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
+        ctx.save_for_forward(x, W1, b1, W2, b2, a1, y_hat)
+
+    @staticmethod
+    @in_parameter_precision
+    def backward(ctx, grad_y_hat, _grad_a1):
+        x, W1, b1, W2, b2, a1, y_hat = ctx.saved_tensors
+        if grad_y_hat is None:
+            return None, None, None, None, None
+        differentiated = backward_is_differentiated()
+        if differentiated:
+            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
+            y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4), recorded
+        grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)
+        return backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad, in_place=not differentiated)
+
+
+class ProbsFunction(ProbsFunctionNoJvp):
+    """Probabilities Function with forward-mode AD (``jvp``)."""
+
+    @staticmethod
+    @in_parameter_precision
+    def jvp(ctx, tx, tW1, tb1, tW2, tb2):
+        x, W1, _, W2, _, a1, y_hat = ctx.saved_tensors
+        tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
+        return (None if tz2 is None else softmax_jvp(tz2, y_hat)), None
+
+
+class LossFunctionNoJvp(Function):
+    """Cross-entropy of the network's logits with the fused backward delta2 = (y_hat - y)/N, eq. (7).
+
+    ``precompute`` is a tuple of five bools (x, W1, b1, W2, b2) or None. When given (scalar
+    reductions only), forward also returns those gradients, computed chunk by chunk, and
+    backward scales them; otherwise forward returns the residuals a1 and log y_hat.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, target, W1, b1, W2, b2, reduction, precompute):
+        if precompute is not None:
+            rows = modes.chunk_rows(x.device)
+            loss_sum, grads = loss_and_gradients(
+                x,
+                target,
+                W1,
+                b1,
+                W2,
+                b2,
+                precompute,
+                chunk_rows=rows,
+                sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
+                column_major_W2=modes.column_major_pays(W2, min(x.shape[0], rows)),
+            )
+            loss = loss_sum * mean_scale(x.shape[0]) if reduction == "mean" else loss_sum  # ()  eq. (5)
+            return (loss, *grads)
+        a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not backward_is_differentiated())
+        loss = reduce_loss(per_sample_loss(log_probs, target), reduction)  # () or (N,)  eq. (5)
+        return loss, a1, log_probs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, target, W1, b1, W2, b2, reduction, precompute = inputs
+        residuals = [t for t in output[1:] if t is not None]
+        ctx.mark_non_differentiable(*residuals)
+        ctx.set_materialize_grads(False)
+        ctx.device_type = x.device.type
+        ctx.reduction = reduction
+        ctx.precomputed = precompute is not None
+        ctx.num_residuals = len(output) - 1
+        ctx.save_for_backward(x, target, W1, b1, W2, b2, *output[1:])
+        ctx.save_for_forward(x, target, W1, b1, W2, b2)
+
+    @staticmethod
+    @in_parameter_precision
+    def backward(ctx, grad_loss, *_grad_residuals):
+        x, target, W1, b1, W2, b2, *residuals = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 8
+        needs = ctx.needs_input_grad
+        param_needs = (needs[0], *needs[2:6])
+        differentiated = backward_is_differentiated()
+        if ctx.precomputed and not differentiated:
+            N = x.shape[0]
+            scale = grad_loss * (1.0 / N) if ctx.reduction == "mean" and N > 0 else grad_loss  # ()  dL/dL_sum
+            scaled = [None if g is None or not n else g * scale for g, n in zip(residuals, param_needs)]
+            return scaled[0], None, *scaled[1:], None, None
+        if ctx.precomputed or differentiated:  # recorded when differentiated
+            a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not differentiated)
+        else:
+            a1, log_probs = residuals
+        in_place = not differentiated
+        grad_z2 = loss_grad_logits(log_probs, target, ctx.reduction, grad_loss, in_place=in_place)  # (N, C)  eq. (7)
+        grads = backward_from_logits(grad_z2, x, W1, W2, a1, param_needs, in_place=in_place)
+        grad_target = loss_grad_target(log_probs, ctx.reduction, grad_loss) if needs[1] else None
+        return grads[0], grad_target, *grads[1:], None, None
+
+
+class LossFunction(LossFunctionNoJvp):
+    """Loss Function with forward-mode AD (``jvp``)."""
+
+    @staticmethod
+    @in_parameter_precision
+    def jvp(ctx, tx, ttarget, tW1, tb1, tW2, tb2, _treduction, _tprecompute):
+        x, target, W1, b1, W2, b2 = ctx.saved_tensors
+        a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not backward_is_differentiated())
+        tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
+        terms = []
+        if tz2 is not None:
+            ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            delta2 = loss_grad_logits(
+                log_probs, target, "none", ones, in_place=not backward_is_differentiated()
+            )  # (N, C)  eq. (7) per sample
+            terms.append((delta2 * tz2).sum(1))  # (N,)
+        if ttarget is not None:
+            terms.append(-(ttarget * log_probs).sum(1))  # (N,)  tangent of eq. (5) in y
+        tloss = add_tangents(*terms)
+        if tloss is not None:
+            tloss = reduce_loss(tloss, ctx.reduction)
+        return (tloss,) + (None,) * ctx.num_residuals
+
+
+def apply_function(function: type[Function], *args):
+    """``function.apply(*args)``, without its Python preamble in plain eager mode.
+
+    ``Function.apply`` binds the arguments to ``forward``'s signature with ``inspect`` (about
+    20 us, a fifth of a whole training step at N=1) only to fill in default arguments, which
+    these forwards do not have; the C++ ``apply`` underneath is the same. Under torch.compile
+    and torch.func transforms the public ``apply`` is used.
+    """
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    return super(Function, function).apply(*_functorch_utils.unwrap_dead_wrappers(args))

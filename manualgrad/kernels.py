@@ -1,0 +1,283 @@
+"""Fast kernels: the network's formulas as plain functions of tensors, no autograd wiring.
+
+Letters: N batch, D inputs, H hidden units, C classes; equation numbers as in
+``docs/derivation.md``. Every function here is a pure tensor computation: it never asks
+which mode PyTorch is in. What a kernel must know is passed by its caller, the autograd
+wiring in ``functional.py``:
+
+* ``in_place``: whether the kernel may overwrite tensors it created itself (False when the
+  backward is being recorded, so that autograd sees out-of-place ops);
+* ``sigmoid_form``: whether eq. (2) is evaluated as tanh z1 = 2 sigmoid(2 z1) - 1;
+* ``chunk_rows``: the rows per chunk of the loss that computes its gradients in the forward;
+* a W2 given in column-major layout (:func:`column_major`) where that is faster.
+
+The kernels are checked against ``textbook.py`` and against native autograd by the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# ----------------------------------------------------------------------------------------
+# Forward formulas
+# ----------------------------------------------------------------------------------------
+
+
+def hidden_activation(x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
+    z1 = torch.addmm(b1, x, W1)  # (N, H)  eq. (1)
+    return torch.tanh(z1)  # (N, H)  eq. (2)
+
+
+def hidden_activation_fast(
+    x: Tensor,
+    W1: Tensor,
+    b1: Tensor,
+    out: Tensor | None = None,
+    *,
+    sigmoid_form: bool,
+    in_place: bool,
+    doubled: bool = False,
+) -> Tensor:
+    """a1 = tanh(x W1 + b1) (N, H), eq. (1), (2), for the loss, whose a1 never leaves its Function.
+
+    ``sigmoid_form``: tanh z1 = 2 sigmoid(2 z1) - 1. On the CPU ``torch.tanh`` (MKL's vsTanh)
+    costs about 3.5 ns per float32 against 0.5 ns for ``torch.sigmoid``; the same function,
+    within 2e-7 absolute in float32 (torch.tanh: 3e-8). The factor 2 is exact and folded into
+    the matmul; ``doubled``: W1 and b1 are given already doubled (cheaper for many chunks; implies
+    the sigmoid form). ``out``: a buffer to write into, without history. ``in_place``: the
+    elementwise steps may overwrite z1 (always so with ``out``).
+    """
+    recorded = out is None and not in_place
+    if not doubled and not sigmoid_form:
+        z1 = torch.addmm(b1, x, W1, out=out)  # (N, H)  eq. (1)
+        return torch.tanh(z1) if recorded else z1.tanh_()  # (N, H)  eq. (2)
+    scale = 1 if doubled else 2
+    z1_twice = torch.addmm(b1, x, W1, beta=scale, alpha=scale, out=out)  # (N, H)  2 z1, eq. (1)
+    if recorded:
+        return torch.sigmoid(z1_twice) * 2.0 - 1.0  # (N, H)  eq. (2): tanh z1 = 2 sigmoid(2 z1) - 1
+    s = z1_twice.sigmoid_()  # (N, H)  sigmoid(2 z1), in place on our own tensor
+    return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)  # (N, H)  eq. (2): 2 sigmoid(2 z1) - 1
+
+
+def column_major(W2: Tensor) -> Tensor:
+    """W2 (H, C) stored column by column (strides (1, H)); the same values.
+
+    On the CPU a1 W2 with few columns C is about 5x faster in this layout (another BLAS
+    kernel); the copy is (H, C), so it pays from about 16 rows of a1.
+    """
+    return W2 if W2.stride(0) == 1 else W2.T.contiguous().T  # (H, C)
+
+
+def output_logits(a1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
+    return torch.addmm(b2, a1, W2)  # (N, C)  eq. (3)
+
+
+def target_distribution(target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """y (N, C): the target as a distribution over classes (one-hot for class indices)."""
+    if target.is_floating_point():
+        return target  # (N, C)
+    classes = torch.arange(num_classes, device=target.device)  # (C,)
+    return (target.unsqueeze(1) == classes).to(dtype)  # (N, C)  one-hot, vmap-safe
+
+
+def per_sample_loss(log_probs: Tensor, target: Tensor) -> Tensor:
+    """-sum_c y log y_hat for each row: (N,)  eq. (5)."""
+    if target.is_floating_point():
+        return -(target * log_probs).sum(1)  # (N,)
+    # gather checks the class range (device-side on CUDA) and never multiplies 0 by -inf.
+    return -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (N,)
+
+
+def reduce_loss(loss_per_sample: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss_per_sample  # (N,)
+    total = loss_per_sample.sum()  # ()
+    return total * mean_scale(loss_per_sample.shape[0]) if reduction == "mean" else total
+
+
+def mean_scale(N: int) -> float:
+    """The 1/N of the mean; NaN for an empty batch, as F.cross_entropy's 0/0."""
+    return 1.0 / N if N > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------------------
+# Backward formulas (first order, reused by every path)
+# ----------------------------------------------------------------------------------------
+
+
+def softmax_vjp(grad_y_hat: Tensor, y_hat: Tensor) -> Tensor:
+    inner = (grad_y_hat * y_hat).sum(1, keepdim=True)  # (N, 1)  sum_c g y_hat
+    return y_hat * (grad_y_hat - inner)  # (N, C)  eq. (6)
+
+
+def loss_grad_logits(
+    log_probs: Tensor, target: Tensor, reduction: str, grad_loss: Tensor | None, *, in_place: bool = False
+) -> Tensor:
+    """delta2 = dL/dz2 (N, C), eq. (7): (y_hat * sum_c y - y) times the upstream gradient.
+
+    For targets that sum to 1 (class indices, distributions) this is (y_hat - y) / N.
+    ``grad_loss`` None: the unit upstream gradient of the summed loss, y_hat * sum_c y - y.
+    ``in_place``: subtract the one-hot y from the fresh y_hat in place.
+    """
+    N, C = log_probs.shape
+    y_hat = log_probs.exp()  # (N, C)  eq. (4)
+    if target.is_floating_point():
+        delta2 = y_hat * target.sum(1, keepdim=True) - target  # (N, C)  eq. (7), general soft targets
+    elif not in_place:
+        delta2 = y_hat - target_distribution(target, C, log_probs.dtype)  # (N, C)  eq. (7), recorded
+    else:  # y_hat is ours: subtract the one-hot y in place
+        delta2 = y_hat.scatter_(1, target.unsqueeze(1), -1.0, reduce="add")  # (N, C)  eq. (7): y_hat - y
+    if grad_loss is None:
+        return delta2  # (N, C)
+    upstream = grad_loss.unsqueeze(1) if reduction == "none" else grad_loss  # (N, 1) or ()
+    scale = mean_scale(N) if reduction == "mean" else 1.0  # the 1/N of the mean
+    # out of place: the upstream gradient may be batched (gradcheck's batched-grad vmap) or a subclass
+    return delta2 * (upstream if scale == 1.0 else upstream * scale)  # (N, C)  eq. (7): (y_hat - y) / N
+
+
+def loss_grad_target(log_probs: Tensor, reduction: str, grad_loss: Tensor) -> Tensor:
+    """dL/dy (N, C) for probability targets: -log y_hat times the upstream gradient."""
+    if reduction == "none":
+        return -log_probs * grad_loss.unsqueeze(1)  # (N, C)
+    scale = mean_scale(log_probs.shape[0]) if reduction == "mean" else 1.0
+    return -log_probs * (grad_loss * scale)  # (N, C)
+
+
+def backward_from_logits(
+    grad_z2: Tensor, x: Tensor, W1: Tensor, W2: Tensor, a1: Tensor, needs: Sequence[bool], *, in_place: bool = False
+) -> tuple[Tensor | None, ...]:
+    """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2, for those ``needs`` asks.
+
+    ``in_place``: eq. (11) may overwrite dL/da1, a tensor made here (one op fewer).
+    """
+    need_x, need_W1, need_b1, need_W2, need_b2 = needs
+    grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
+    if need_W2:
+        grad_W2 = (grad_z2.t() @ a1).t()  # (H, C)  eq. (14), as (delta2^T a1)^T: a faster BLAS kernel
+    if need_b2:
+        grad_b2 = grad_z2.sum(0)  # (C,)  eq. (15)
+    if need_x or need_W1 or need_b1:
+        grad_a1 = grad_z2 @ W2.t()  # (N, H)  eq. (10)
+        if in_place:
+            grad_z1 = grad_a1.addcmul_(grad_a1, a1 * a1, value=-1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
+        else:
+            grad_z1 = grad_a1 - grad_a1 * (a1 * a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
+        if need_W1:
+            grad_W1 = x.t() @ grad_z1  # (D, H)  eq. (16)
+        if need_b1:
+            grad_b1 = grad_z1.sum(0)  # (H,)  eq. (17)
+        if need_x:
+            grad_x = grad_z1 @ W1.t()  # (N, D)  eq. (18)
+    return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
+
+
+def loss_and_gradients(
+    x: Tensor,
+    target: Tensor,
+    W1: Tensor,
+    b1: Tensor,
+    W2: Tensor,
+    b2: Tensor,
+    needs: Sequence[bool],
+    *,
+    chunk_rows: int,
+    sigmoid_form: bool,
+    column_major_W2: bool,
+) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """The summed loss and its gradients (dx, dW1, db1, dW2, db2), in one pass over row chunks.
+
+    Used by the loss's forward when gradients will be needed: the upstream gradient of a
+    scalar loss is only a scale, so backward multiplies these by it (and by the 1/N of the
+    mean). Two (chunk_rows, H) buffers serve every chunk; nothing of size (N, H) is allocated.
+    Works in place on its own tensors: never call it where autograd records.
+    ``sigmoid_form``: eq. (2) as 2 sigmoid(2 z1) - 1 when there is more than one chunk (W1 and
+    b1 doubled once); ``column_major_W2``: multiply by W2 in column-major layout.
+    """
+    need_x, need_W1, need_b1, need_W2, need_b2 = needs
+    need_delta1 = need_x or need_W1 or need_b1
+    N, H = x.shape[0], W1.shape[1]
+    if N == 0:  # empty batch: the sum is 0, and so is every gradient
+        zero_grads = tuple(torch.zeros_like(t) if n else None for t, n in zip((x, W1, b1, W2, b2), needs))
+        return x.new_zeros(()), zero_grads
+    rows = min(N, chunk_rows)
+    chunked = rows < N  # one chunk: no slices, no buffers, the fresh tensors are updated in place
+    hidden = x.new_empty(rows, H) if chunked else None  # (rows, H)  z1, then a1, then a1^2
+    grad_hidden = x.new_empty(rows, H) if chunked and need_delta1 else None  # (rows, H)  dL/da1, then delta1
+    grad_x = x.new_empty(x.shape) if need_x and chunked else None  # (N, D)
+    W2_cols = column_major(W2) if column_major_W2 else W2  # (H, C)
+    doubled = chunked and sigmoid_form  # tanh z1 = 2 sigmoid(2 z1) - 1: double W1, b1 once
+    W1_a, b1_a = (W1 * 2, b1 * 2) if doubled else (W1, b1)  # (D, H), (H,)
+    loss = grad_W1 = grad_b1 = grad_W2_T = grad_b2 = None
+    for start in range(0, N, rows):
+        xs, ts = (x[start : start + rows], target[start : start + rows]) if chunked else (x, target)
+        n = xs.shape[0]  # xs (n, D), ts (n,) or (n, C)
+        buffer = hidden[:n] if chunked else None  # (n, H)
+        a1 = hidden_activation_fast(  # (n, H)  eq. (1), (2)
+            xs, W1_a, b1_a, buffer, sigmoid_form=sigmoid_form, in_place=True, doubled=doubled
+        )
+        log_probs = torch.log_softmax(torch.addmm(b2, a1, W2_cols), 1)  # (n, C)  eq. (3), (4)
+        loss = _accumulate(loss, per_sample_loss(log_probs, ts).sum())  # ()  eq. (5), summed over rows
+        delta2 = loss_grad_logits(log_probs, ts, "sum", None, in_place=True)  # (n, C)  eq. (7), summed loss
+        if need_W2:
+            grad_W2_T = _accumulate_mm(grad_W2_T, delta2.t(), a1)  # (C, H)  eq. (14), transposed
+        if need_b2:
+            grad_b2 = _accumulate(grad_b2, delta2.sum(0))  # (C,)  eq. (15)
+        if need_delta1:
+            grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)  # (n, H)  eq. (10)
+            delta1 = grad_a1.addcmul_(grad_a1, a1.square_(), value=-1)  # (n, H)  eq. (11): dL/da1 (1 - a1^2)
+            if need_W1:
+                grad_W1 = _accumulate_mm(grad_W1, xs.t(), delta1)  # (D, H)  eq. (16)
+            if need_b1:
+                grad_b1 = _accumulate(grad_b1, delta1.sum(0))  # (H,)  eq. (17)
+            if need_x and chunked:
+                torch.mm(delta1, W1.t(), out=grad_x[start : start + n])  # (n, D)  eq. (18)
+            elif need_x:
+                grad_x = torch.mm(delta1, W1.t())  # (N, D)  eq. (18)
+    grad_W2 = None if grad_W2_T is None else grad_W2_T.t()  # (H, C)  eq. (14)
+    return loss, (grad_x, grad_W1, grad_b1, grad_W2, grad_b2)
+
+
+def _accumulate(total: Tensor | None, term: Tensor) -> Tensor:
+    return term if total is None else total.add_(term)
+
+
+def _accumulate_mm(total: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    return torch.mm(a, b) if total is None else total.addmm_(a, b)
+
+
+# ----------------------------------------------------------------------------------------
+# Forward-mode formulas: the tangent form of eq. (1)-(5)
+# ----------------------------------------------------------------------------------------
+
+
+def add_tangents(*terms: Tensor | None) -> Tensor | None:
+    """The sum of the tangents given (None for an input without one); None if there are none."""
+    present = [t for t in terms if t is not None]
+    if not present:
+        return None
+    total = present[0]
+    for term in present[1:]:
+        total = total + term
+    return total
+
+
+def logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2) -> Tensor | None:
+    tz1 = add_tangents(  # (N, H)  tangent of eq. (1)
+        None if tx is None else tx @ W1,
+        None if tW1 is None else x @ tW1,
+        tb1,
+    )
+    ta1 = None if tz1 is None else tz1 * (1 - a1 * a1)  # (N, H)  tangent of eq. (2), cf. eq. (11)
+    tz2 = add_tangents(  # (N, C), or (C,) when only b2 has a tangent  tangent of eq. (3)
+        None if ta1 is None else ta1 @ W2,
+        None if tW2 is None else a1 @ tW2,
+        tb2,
+    )
+    return None if tz2 is None else tz2.expand(a1.shape[0], W2.shape[1])  # (N, C)
+
+
+def softmax_jvp(tz2: Tensor, y_hat: Tensor) -> Tensor:
+    return y_hat * (tz2 - (tz2 * y_hat).sum(1, keepdim=True))  # (N, C)  eq. (6), forward form

@@ -1,0 +1,157 @@
+"""What mode PyTorch is in, and the choices of path and precision that follow from it.
+
+The autograd wiring (``functional.py``) asks these questions and passes the answers to the
+kernels (``kernels.py``) as plain arguments, so that the kernels never ask them:
+
+* is the backward being recorded (double backward, ``torch.func``, forward-over-reverse)?
+* which size-tuned path does eager mode take (sigmoid form of tanh, W2 layout, loss gradients
+  in the forward and their chunk size)?
+* the precision policy: every pass computes in the parameters' dtype, even inside autocast.
+
+The loss strategy (:func:`loss_gradients_in_forward`) is held in a ``contextvars.ContextVar``:
+per thread (and per asyncio task), never a module global.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import NamedTuple
+
+import torch
+import torch.autograd.forward_ad as forward_ad
+from torch import Tensor
+
+# Rows of x per chunk when the loss computes gradients in its forward. On the CPU, small enough
+# that the two (rows, H) buffers stay in cache, large enough that the per-chunk Python overhead
+# is negligible (at H=500, 2048 rows was best of 256 to 8192). On accelerators, where every op
+# is a kernel launch, fewer and larger chunks (not tuned).
+LOSS_CHUNK_ROWS = 2048
+LOSS_CHUNK_ROWS_ACCELERATOR = 16384
+# Fewer rows than this: the loss saves a1 and log y_hat and computes gradients in backward, as
+# the probs and logits paths do. Computing them in the forward pays for itself only when (N, H)
+# temporaries are large; at N=1 its extra Python ops cost about 60 us (CPU, H=500).
+PRECOMPUTE_MIN_ROWS = 256
+# tanh z1 = 2 sigmoid(2 z1) - 1 pays on the CPU from this many elements of z1 (N * H): the
+# 3 ns per element saved outweigh the two extra ops (a few microseconds).
+SIGMOID_TANH_MIN_ELEMENTS = 4096
+# a1 W2 with W2 in column-major layout pays on the CPU from this many rows of a1.
+COLUMN_MAJOR_MIN_ROWS = 16
+
+
+# ----------------------------------------------------------------------------------------
+# Mode queries
+# ----------------------------------------------------------------------------------------
+
+
+def backward_is_differentiated() -> bool:
+    """True when the backward is being recorded: create_graph, forward-over-reverse, torch.func.
+
+    Then saved intermediates (a1, y_hat, precomputed gradients) carry no history back to the
+    inputs, so the backward recomputes them from the inputs with differentiable ops.
+    """
+    if torch.is_grad_enabled():
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def functorch_active() -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active()
+
+
+# ----------------------------------------------------------------------------------------
+# Size-tuned paths of eager mode
+# ----------------------------------------------------------------------------------------
+
+
+def sigmoid_tanh_pays(x: Tensor, hidden: int) -> bool:
+    """Whether eq. (2) is evaluated as tanh z1 = 2 sigmoid(2 z1) - 1 for this x (N, D)."""
+    cpu_float = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    return cpu_float and x.shape[0] * hidden >= SIGMOID_TANH_MIN_ELEMENTS
+
+
+def column_major_pays(W2: Tensor, rows: int) -> bool:
+    """Whether a1 (rows, H) W2 runs with W2 in column-major layout."""
+    return W2.device.type == "cpu" and rows >= COLUMN_MAJOR_MIN_ROWS
+
+
+class LossStrategy(NamedTuple):
+    """From how many rows the scalar loss computes its gradients in the forward, in chunks of how
+    many rows (None: by device, ``LOSS_CHUNK_ROWS`` or ``LOSS_CHUNK_ROWS_ACCELERATOR``)."""
+
+    precompute_min_rows: int = PRECOMPUTE_MIN_ROWS
+    chunk_rows: int | None = None
+
+
+_DEFAULT_STRATEGY = LossStrategy()
+_loss_strategy: ContextVar[LossStrategy] = ContextVar("manualgrad_loss_strategy", default=_DEFAULT_STRATEGY)
+
+
+def loss_strategy() -> LossStrategy:
+    """The loss strategy of the calling thread (or asyncio task)."""
+    return _loss_strategy.get()
+
+
+def chunk_rows(device: torch.device) -> int:
+    """Rows per chunk of the loss that computes its gradients in the forward."""
+    rows = _loss_strategy.get().chunk_rows
+    if rows is not None:
+        return rows
+    return LOSS_CHUNK_ROWS if device.type == "cpu" else LOSS_CHUNK_ROWS_ACCELERATOR
+
+
+@contextmanager
+def loss_gradients_in_forward(enabled: bool, chunk_rows: int | None = None) -> Iterator[None]:
+    """Make the scalar loss compute its gradients in the forward (True) or in backward (False)
+    at every batch size, inside the ``with`` block (by default that depends on N,
+    ``PRECOMPUTE_MIN_ROWS``), in chunks of ``chunk_rows`` rows if given. For tests and
+    ``verify``, which check every way on small batches. The setting belongs to the calling
+    thread (a ``contextvars.ContextVar``): other threads keep theirs.
+    """
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1):
+        raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
+    token = _loss_strategy.set(LossStrategy(0 if enabled else sys.maxsize, chunk_rows))
+    try:
+        yield
+    finally:
+        _loss_strategy.reset(token)
+
+
+# ----------------------------------------------------------------------------------------
+# Precision policy: every pass computes in the parameters' dtype, even inside autocast
+# ----------------------------------------------------------------------------------------
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """True inside ``torch.autocast`` for this device type (devices autocast does not know, e.g. meta: False)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def in_parameter_precision(method: Callable) -> Callable:
+    """Run a Function's ``backward`` or ``jvp`` with autocast off for its device.
+
+    Called inside the caller's ``torch.autocast`` region (``loss.backward()`` within the
+    ``with``), its matmuls would otherwise run in bfloat16/float16 while the forward ran in the
+    parameters' dtype. ``ctx.device_type`` is recorded by ``setup_context``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(ctx, *grads):
+        device_type = ctx.device_type
+        if torch.compiler.is_compiling():  # traced once for whatever autocast state the caller has later
+            turn_off = torch.amp.is_autocast_available(device_type)
+        else:
+            turn_off = autocast_enabled(device_type)
+        if not turn_off:
+            return method(ctx, *grads)
+        with torch.autocast(device_type, enabled=False):
+            return method(ctx, *grads)
+
+    return wrapper
