@@ -7,10 +7,11 @@ tricks: manualgrad.functional is the fast version, and the tests hold it equal t
 Double backward (``create_graph=True``, gradgradcheck, Hessian-vector products): each backward
 recomputes a1 and y_hat from the saved *inputs* with ordinary torch ops. When autograd records a
 backward, that record then reaches back to x, W1, b1, W2, b2, and the formulas themselves get
-differentiated. Saving a1 or y_hat from forward instead would cut the record: a second derivative
-would silently lose every term that flows through them. The price is one extra forward per
-backward. The alternative, ``@once_differentiable`` on backward, skips that pass, but then any
-double backward raises: no Hessian-vector products, no gradient penalties, no gradgradcheck.
+differentiated. Saving an intermediate such as a1 from forward (where autograd records nothing)
+would cut the record: a second derivative would silently lose every term that flows through it.
+The price is one extra forward per backward. The alternative, ``@once_differentiable`` on
+backward, skips that pass, but then any double backward raises: no Hessian-vector products, no
+gradient penalties, no gradgradcheck.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Probs(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)  # not the output y_hat: it would cut double backward
+        ctx.save_for_backward(*inputs)  # the inputs only: backward recomputes a1 and y_hat
 
     @staticmethod
     def backward(ctx, grad_y_hat):
