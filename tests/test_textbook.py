@@ -9,6 +9,8 @@ in the forward. Letters: N batch, D inputs, H hidden, C classes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -247,3 +249,16 @@ def test_fast_loss_gradients_in_forward_in_chunks_equal_textbook(enabled, soft, 
     assert_close_relative(fast[0], expected[0], torch.float64, "value")
     for name, a, b in zip(NAMES, fast[1], expected[1]):
         assert_close_relative(a, b, torch.float64, f"grad {name}")
+
+
+def test_readme_quotes_lines_the_textbook_runs():
+    """The README's "Learning from it" quotes textbook.py verbatim, and the loss path is eq. (7)-(18)."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    source = (root / "manualgrad" / "textbook.py").read_text()
+    section = readme.split("## Learning from it", 1)[1].split("\n## ", 1)[0]
+    quoted = section.split("```python\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert quoted, "no quoted code in Learning from it"
+    for line in quoted:
+        assert line in source, f"README quotes a line textbook.py does not run: {line}"
+    assert "loss.backward()                         # hand-derived backward, eq. (7)-(18)" in readme
