@@ -124,11 +124,9 @@ class Loss(Function):
         # eq. (7): y_hat * sum_c y - y, which is y_hat - y when rows of y sum to 1 (indices, distributions)
         grad_z2 = (log_y_hat.exp() * y.sum(1, keepdim=True) - y) * upstream  # delta2 (N, C)  eq. (7)
         needs = ctx.needs_input_grad
-        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = backward_from_z2(
-            grad_z2, x, W1, W2, a1, (needs[0], *needs[2:6])
-        )
+        grad_x, *grad_params = backward_from_z2(grad_z2, x, W1, W2, a1, (needs[0], *needs[2:6]))
         grad_target = -log_y_hat * upstream if needs[1] else None  # (N, C)  d(5)/dy, probability targets
-        return grad_x, grad_target, grad_W1, grad_b1, grad_W2, grad_b2, None
+        return grad_x, grad_target, *grad_params, None  # in the order of forward's inputs
 
 
 def check_shapes(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> None:
