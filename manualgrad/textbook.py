@@ -10,8 +10,9 @@ backward, that record then reaches back to x, W1, b1, W2, b2, and the formulas t
 differentiated. Saving an intermediate such as a1 from forward (where autograd records nothing)
 would cut the record: a second derivative would silently lose every term that flows through it.
 The price is one extra forward per backward. The alternative, ``@once_differentiable`` on
-backward, skips that pass, but then any double backward raises: no Hessian-vector products, no
-gradient penalties, no gradgradcheck.
+backward, skips that pass but gives up second derivatives: a double backward raises, or for a loss
+whose upstream gradient is a constant 1 it silently drops terms (examples/write_your_own_function.py,
+step 4): no Hessian-vector products, no gradient penalties, no gradgradcheck.
 """
 
 from __future__ import annotations
