@@ -221,6 +221,56 @@ def test_sigmoid_derivative_eq6(size):
     torch.testing.assert_close(s * (1 - s), autograd_sigmoid_derivative(z))  # sigma' = sigma (1 - sigma)
 
 
+@pytest.mark.parametrize("C", [2, 3, 5])
+def test_softmax_jacobian_quotient_rule_eq6(C):
+    """Each step of the derivation of ds_i/dz_j = s_i (delta_ij - s_j), against autograd."""
+    z = torch.randn(C, dtype=DTYPE, generator=torch.Generator().manual_seed(C))
+    e = torch.exp(z)  # (C,)  e^{z_i}
+    S = e.sum()  # ()  S = sum_k e^{z_k}
+    s = e / S  # (C,)  softmax
+    kronecker = torch.eye(C, dtype=DTYPE)  # delta_ij
+    d_e = kronecker * e[:, None]  # (C, C)  d e^{z_i} / dz_j = delta_ij e^{z_i}
+    d_S = e  # (C,)  dS/dz_j = e^{z_j}
+    quotient_rule = (d_e * S - e[:, None] * d_S[None, :]) / S**2  # (C, C)  (u' S - u S') / S^2
+    expected = torch.autograd.functional.jacobian(lambda t: torch.softmax(t, 0), z)
+    torch.testing.assert_close(quotient_rule, expected)
+    torch.testing.assert_close(kronecker * s[:, None] - torch.outer(s, s), expected)  # delta_ij s_i - s_i s_j
+    torch.testing.assert_close(s[:, None] * (kronecker - s[None, :]), expected)  # s_i (delta_ij - s_j)
+    torch.testing.assert_close(torch.diagonal(expected), s * (1 - s))  # the diagonal: s_i (1 - s_i)
+
+
+def test_tanh_derivative_eq11():
+    """tanh' = (cosh^2 - sinh^2) / cosh^2 = 1 - tanh^2 = 1 / cosh^2, each step against autograd."""
+    z = torch.linspace(-4, 4, 41, dtype=DTYPE).requires_grad_()
+    (expected,) = torch.autograd.grad(torch.tanh(z).sum(), z)
+    z = z.detach()
+    sinh, cosh = (torch.exp(z) - torch.exp(-z)) / 2, (torch.exp(z) + torch.exp(-z)) / 2
+    leaf = z.clone().requires_grad_()
+    d_sinh, d_cosh = (torch.autograd.grad(f(leaf).sum(), leaf)[0] for f in (torch.sinh, torch.cosh))
+    torch.testing.assert_close(d_sinh, cosh)  # sinh' = cosh
+    torch.testing.assert_close(d_cosh, sinh)  # cosh' = sinh
+    quotient_rule = (cosh * cosh - sinh * sinh) / cosh**2  # (sinh' cosh - sinh cosh') / cosh^2
+    torch.testing.assert_close(quotient_rule, expected)
+    torch.testing.assert_close(1 - torch.tanh(z) ** 2, expected)  # 1 - tanh^2: in terms of the output a
+    torch.testing.assert_close(1 / cosh**2, expected)  # cosh^2 - sinh^2 = 1
+    assert_disagrees(1 - torch.tanh(z), expected)  # a slip a learner makes: 1 - a, not 1 - a^2
+
+
+@pytest.mark.parametrize("size", BATCH_SIZES, ids=size_id)
+def test_batch_sums_are_rows_then_flattened_eq9_eq13(size):
+    """1_N^T delta is (1, N)(N, C) = (1, C) (and (1, H)); flattened, it is the bias gradient."""
+    p = make_problem(*size)
+    N, _, H, C = size
+    expected = autograd_quantities(p)
+    ones = torch.ones(N, 1, dtype=DTYPE)  # (N, 1)  the column 1_N
+    row2 = ones.T @ expected["delta2"]  # (1, N)(N, C)  eq. (9), (15)
+    row1 = ones.T @ expected["delta1"]  # (1, N)(N, H)  eq. (13), (17)
+    assert row2.shape == (1, C) and row1.shape == (1, H)
+    assert expected["b2"].shape == (C,) and expected["b1"].shape == (H,)
+    torch.testing.assert_close(row2.flatten(), expected["b2"])
+    torch.testing.assert_close(row1.flatten(), expected["b1"])
+
+
 @pytest.mark.parametrize("size", SIZES, ids=size_id)
 def test_delta2_eq7(size):
     p = make_problem(*size)

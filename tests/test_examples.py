@@ -30,7 +30,7 @@ EXAMPLE_TESTS = {
     "train_moons.py": "test_train_moons_classic_setting_reaches_97_percent_in_lockstep_with_autograd",
     "side_by_side.py": "test_side_by_side_prints_every_equation_in_order",
     "fault_injection.py": "test_fault_injection_catches_every_fault",
-    "write_your_own_function.py": "test_write_your_own_function_passes_every_gradcheck",
+    "write_your_own_function.py": "test_write_your_own_function_shows_the_double_backward_mistake_and_both_remedies",
     "in_a_larger_model.py": "test_in_a_larger_model_matches_the_twin_and_trains",
 }
 
@@ -318,11 +318,31 @@ def test_fault_injection_exits_1_when_a_fault_goes_uncaught(capsys):
     assert "UNCAUGHT: 1 - a1^2 expanded" in capsys.readouterr().out
 
 
-def test_write_your_own_function_passes_every_gradcheck():
+def test_write_your_own_function_shows_the_double_backward_mistake_and_both_remedies():
     stdout = assert_ok(run_example("write_your_own_function.py"))
-    for step in range(1, 5):
-        assert re.search(rf"step {step}: .* gradcheck ok", stdout), stdout
-    assert "step 5: agrees with native autograd and with manualgrad" in stdout
+    assert re.search(r"step 1: Linear .* gradcheck ok, gradgradcheck ok", stdout), stdout
+    assert re.search(r"step 2: Tanh .* gradcheck ok, gradgradcheck ok", stdout), stdout
+    assert re.search(r"step 3: SoftmaxCrossEntropyWrong .* gradgradcheck FAILS", stdout), stdout
+    wrong, native = (re.search(rf"H v, {who}[^:]*: \[([-\d.e, ]+)", stdout).group(1) for who in ("wrong", "native"))
+    assert wrong != native, stdout  # both printed, and they differ
+    assert "trying to differentiate twice a function that was marked with @once_differentiable" in stdout
+    assert re.search(r"step 5: SoftmaxCrossEntropy .* gradcheck ok, gradgradcheck ok", stdout), stdout
+    assert float(re.search(r"max \|H v - autograd's\| (\S+)", stdout).group(1)) < 1e-12
+    assert re.search(r"step 6: the whole network .* gradgradcheck ok", stdout), stdout
+    assert "agrees with native autograd and with manualgrad.two_layer_net_loss" in stdout
+    assert "the other branch was corrupted" in stdout and stdout.rstrip().endswith("all steps passed")
+
+
+def test_write_your_own_function_exits_1_when_a_remedy_is_broken(tmp_path):
+    """Undo remedy two (y_hat detached again): the script must fail, not print a wrong H v and exit 0."""
+    source = (EXAMPLES / "write_your_own_function.py").read_text()
+    line = "y_hat = torch.softmax(z2, 1)  # (N, C)  eq. (4), recomputed"
+    assert line in source
+    broken = tmp_path / "write_your_own_function.py"
+    broken.write_text(source.replace(line, line.replace("torch.softmax(z2, 1)", "torch.softmax(z2, 1).detach()")))
+    result = run_script(str(broken))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED: the recomputing version passes gradgradcheck" in result.stderr
 
 
 def test_in_a_larger_model_matches_the_twin_and_trains():

@@ -1,0 +1,93 @@
+r"""Solution: LayerNorm over the last dimension, with weight and bias (as ``F.layer_norm``).
+
+Check it: ``python -m manualgrad check exercises/solutions/layernorm.py``.
+
+For one row x of D entries (every other dimension is a batch)::
+
+    mu   = mean(x)                      var = mean((x - mu)^2)   (biased, as F.layer_norm)
+    rstd = 1 / sqrt(var + eps)          xhat = (x - mu) rstd
+    y    = xhat * weight + bias
+
+Unlike GELU, every y_i depends on the whole row through mu and var: the Jacobian mixes a row,
+as softmax's does. With g = dL/dxhat = grad_y * weight, and using dmu/dx_j = 1/D and
+dvar/dx_j = 2 (x_j - mu) / D::
+
+    dL/dx = rstd * (g - mean(g) - xhat * mean(g * xhat))     (means over the row)
+
+The first term is the direct path, the second the path through mu, the third through var.
+dL/dweight = sum of grad_y * xhat and dL/dbias = sum of grad_y, over every dimension but the
+last. Backward recomputes xhat and rstd from the saved input x with ordinary torch ops, so
+double backward (gradgradcheck, HVPs) is right too.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+EPS = 1e-5
+CHECKS = ["values", "gradients", "gradcheck", "gradgradcheck", "hvp", "vmap", "grad_output_unmodified"]
+
+
+def normalize(x, eps):
+    mu = x.mean(-1, keepdim=True)  # (..., 1)
+    rstd = torch.rsqrt(((x - mu) ** 2).mean(-1, keepdim=True) + eps)  # (..., 1)  1 / sqrt(var + eps)
+    return (x - mu) * rstd, rstd  # xhat (..., D), rstd (..., 1)
+
+
+class LayerNorm(Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, eps):
+        xhat, _ = normalize(x, eps)  # (..., D)
+        return xhat * weight + bias  # (..., D)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, eps = inputs
+        ctx.eps = eps  # a float, not a tensor: a ctx attribute
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        xhat, rstd = normalize(x, ctx.eps)  # recomputed from the input: differentiable
+        batch_dims = tuple(range(x.dim() - 1))  # every dimension but the last
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            g = grad_output * weight  # (..., D)  dL/dxhat
+            mean_g = g.mean(-1, keepdim=True)  # (..., 1)  the path through mu
+            mean_g_xhat = (g * xhat).mean(-1, keepdim=True)  # (..., 1)  the path through var
+            grad_x = rstd * (g - mean_g - xhat * mean_g_xhat)  # (..., D)
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad_output * xhat).sum(batch_dims)  # (D,)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(batch_dims)  # (D,)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def function(x, weight, bias):
+    return LayerNorm.apply(x, weight, bias, EPS)
+
+
+def reference(x, weight, bias):
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, EPS)
+
+
+def make_inputs():
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
+
+    return randn(3, 4, 6), randn(6), randn(6)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import selfcheck
+
+    selfcheck.main(function, reference, make_inputs, CHECKS)
