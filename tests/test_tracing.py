@@ -192,3 +192,19 @@ def test_linearize_of_the_loss_matches_the_twins_jvp(N):
     twin_value, twin_tangent = torch.func.jvp(lambda x: reference.loss(x, t, *params), (x,), (tangent,))
     torch.testing.assert_close(value, twin_value)
     torch.testing.assert_close(jvp_fn(tangent), twin_tangent)
+
+
+def test_eager_keeps_its_size_tuned_paths_and_tracing_is_detected():
+    from manualgrad import modes
+
+    x, t, params = make_problem(300, D, H, C, dtype=DTYPE)
+    params = [p.requires_grad_() for p in params]
+    assert not modes.tracing(x)
+    assert modes.sigmoid_tanh_pays(x, H) and modes.column_major_pays(params[2], 300)
+    assert functional.two_layer_net_loss(x, t, *params).grad_fn.precomputed  # gradients in the forward
+    seen = []
+    make_fx(lambda x: seen.append(modes.tracing(x)) or x * 2, tracing_mode="real")(x)
+    torch.func.vmap(lambda row: seen.append(modes.tracing()) or row)(x)
+    assert seen == [True, True]
+    compiled = torch.compile(lambda x: x * 2 if modes.tracing(x) else x, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(x), x * 2)
