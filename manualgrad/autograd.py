@@ -187,10 +187,10 @@ class LossFunctionNoJvp(Function):
                 sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
                 column_major_W2=modes.column_major_pays(W2, min(x.shape[0], rows)),
             )
-            loss = loss_sum * mean_scale(x.shape[0]) if reduction == "mean" else loss_sum  # ()  eq. (5)
+            loss = loss_sum * mean_scale(x.shape[0], W2.shape[1]) if reduction == "mean" else loss_sum  # ()  eq. (5)
             return (loss, *grads)
         a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not backward_is_differentiated())
-        loss = reduce_loss(per_sample_loss(log_probs, target), reduction)  # () or (N,)  eq. (5)
+        loss = reduce_loss(per_sample_loss(log_probs, target), reduction, W2.shape[1])  # () or (N,)  eq. (5)
         return loss, a1, log_probs
 
     @staticmethod
@@ -215,7 +215,7 @@ class LossFunctionNoJvp(Function):
         needs = ctx.needs_input_grad
         param_needs = (needs[0], *needs[2:6])
         differentiated = backward_is_differentiated()
-        if ctx.precomputed and not differentiated:
+        if ctx.precomputed and not differentiated and _finite(grad_loss):
             N = x.shape[0]
             scale = grad_loss * (1.0 / N) if ctx.reduction == "mean" and N > 0 else grad_loss  # ()  dL/dL_sum
             scaled = [None if g is None or not n else g * scale for g, n in zip(residuals, param_needs)]
@@ -251,8 +251,16 @@ class LossFunction(LossFunctionNoJvp):
             terms.append(-(ttarget * log_probs).sum(1))  # (N,)  tangent of eq. (5) in y
         tloss = add_tangents(*terms)
         if tloss is not None:
-            tloss = reduce_loss(tloss, ctx.reduction)
+            tloss = reduce_loss(tloss, ctx.reduction, W2.shape[1])
         return (tloss,) + (None,) * ctx.num_residuals
+
+
+def _finite(grad_loss: Tensor) -> bool:
+    """Whether the precomputed gradients may be scaled by the upstream gradient: a non-finite one
+    (inf times gradients whose row terms cancel) would give +-inf where autograd gives NaN, so then
+    the backward recomputes, as autograd does. Read on the CPU only: on accelerators the read would
+    synchronise the stream, so there the scaled gradients are kept."""
+    return grad_loss.device.type != "cpu" or bool(torch.isfinite(grad_loss))
 
 
 def apply_function(function: type[Function], *args):
@@ -260,9 +268,9 @@ def apply_function(function: type[Function], *args):
 
     ``Function.apply`` binds the arguments to ``forward``'s signature with ``inspect`` (about
     20 us, a fifth of a whole training step at N=1) only to fill in default arguments, which
-    these forwards do not have; the C++ ``apply`` underneath is the same. Under torch.compile
-    and torch.func transforms the public ``apply`` is used.
+    these forwards do not have; the C++ ``apply`` underneath is the same. Under tracing
+    (``modes.tracing``: torch.compile, export, make_fx, torch.func) the public ``apply`` is used.
     """
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if modes.tracing():
         return function.apply(*args)
     return super(Function, function).apply(*_functorch_utils.unwrap_dead_wrappers(args))

@@ -36,7 +36,6 @@ and holds the precision policy. ``textbook.py`` is the same mathematics without 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
@@ -54,7 +53,7 @@ from .autograd import (
     apply_function,
 )
 from .kernels import backward_from_logits, loss_grad_logits, softmax_vjp  # noqa: F401  building blocks, for tests
-from .modes import autocast_enabled, functorch_active, loss_gradients_in_forward
+from .modes import autocast_enabled, loss_gradients_in_forward
 
 __all__ = [
     "two_layer_net",
@@ -150,21 +149,6 @@ def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tens
     return _apply_network(_pick(LogitsFunction, LogitsFunctionNoJvp), x, W1, b1, W2, b2, autocast)
 
 
-def _precompute_mask(x: Tensor, target: Tensor, params: Sequence[Tensor], reduction: str) -> tuple[bool, ...] | None:
-    """Which gradients the loss's forward should compute now, or None to defer to backward."""
-    if torch.compiler.is_compiling() or functorch_active():  # first: Dynamo does not trace ContextVar.get
-        return None
-    if (
-        reduction == "none"
-        or x.shape[0] < modes.loss_strategy().precompute_min_rows
-        or not torch.is_grad_enabled()
-        or target.requires_grad
-    ):
-        return None
-    mask = (x.requires_grad, *(p.requires_grad for p in params))
-    return mask if any(mask) else None
-
-
 def two_layer_net_loss(
     x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str = "mean"
 ) -> Tensor:
@@ -206,7 +190,7 @@ def two_layer_net_loss(
     """
     x, autocast = _prepare(x, W1, b1, W2, b2)
     reduction = validation.check_reduction(reduction)
-    check_values = x.device.type == "cpu" and not torch.compiler.is_compiling() and not functorch_active()
+    check_values = x.device.type == "cpu" and not modes.tracing(x)  # else gather checks the range
     target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=check_values)
     if not target.is_floating_point():
         target = target.long()
@@ -217,7 +201,7 @@ def two_layer_net_loss(
         x = x.to(W1.dtype)
         target = target.to(W1.dtype) if target.is_floating_point() else target
     function = _pick(LossFunction, LossFunctionNoJvp)
-    precompute = _precompute_mask(x, target, (W1, b1, W2, b2), reduction)
+    precompute = modes.gradients_in_forward(x, target, (W1, b1, W2, b2), reduction)
     with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
         loss = apply_function(function, x, target, W1, b1, W2, b2, reduction, precompute)[0]
     return loss.squeeze(0) if unbatched and reduction == "none" else loss

@@ -91,16 +91,16 @@ def per_sample_loss(log_probs: Tensor, target: Tensor) -> Tensor:
     return -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (N,)
 
 
-def reduce_loss(loss_per_sample: Tensor, reduction: str) -> Tensor:
+def reduce_loss(loss_per_sample: Tensor, reduction: str, num_classes: int = 1) -> Tensor:
     if reduction == "none":
         return loss_per_sample  # (N,)
     total = loss_per_sample.sum()  # ()
-    return total * mean_scale(loss_per_sample.shape[0]) if reduction == "mean" else total
+    return total * mean_scale(loss_per_sample.shape[0], num_classes) if reduction == "mean" else total
 
 
-def mean_scale(N: int) -> float:
-    """The 1/N of the mean; NaN for an empty batch, as F.cross_entropy's 0/0."""
-    return 1.0 / N if N > 0 else float("nan")
+def mean_scale(N: int, num_classes: int = 1) -> float:
+    """The 1/N of the mean; NaN for an empty batch or no classes, as F.cross_entropy's 0/0."""
+    return 1.0 / N if N > 0 and num_classes > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------------------
@@ -133,9 +133,10 @@ def loss_grad_logits(
     if grad_loss is None:
         return delta2  # (N, C)
     upstream = grad_loss.unsqueeze(1) if reduction == "none" else grad_loss  # (N, 1) or ()
-    scale = mean_scale(N) if reduction == "mean" else 1.0  # the 1/N of the mean
+    if reduction == "mean":  # the 1/N of the mean
+        upstream = upstream * mean_scale(N)  # ()
     # out of place: the upstream gradient may be batched (gradcheck's batched-grad vmap) or a subclass
-    return delta2 * (upstream if scale == 1.0 else upstream * scale)  # (N, C)  eq. (7): (y_hat - y) / N
+    return delta2 * upstream  # (N, C)  eq. (7): (y_hat - y) / N
 
 
 def loss_grad_target(log_probs: Tensor, reduction: str, grad_loss: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import NamedTuple
@@ -60,10 +60,19 @@ def backward_is_differentiated() -> bool:
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
-def functorch_active() -> bool:
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._are_functorch_transforms_active()
+def tracing(x: Tensor | None = None) -> bool:
+    """True under torch.compile, torch.export, make_fx and torch.func transforms, or for an x
+    whose batch size is symbolic: then manualgrad takes its one path valid for every batch
+    size, so that no choice of its own becomes a guard on N (issue 12). Eager mode: False.
+    """
+    if torch.compiler.is_compiling():  # Dynamo, strict export; nothing below is traced
+        return True
+    if torch._C._are_functorch_transforms_active():  # vmap, grad, jvp, linearize
+        return True
+    if x is not None and type(x.shape[0]) is not int:  # a SymInt
+        return True
+    modes = torch._C._TorchDispatchModeKey  # make_fx, non-strict export, AOTAutograd, FakeTensorMode
+    return torch._C._get_dispatch_mode(modes.PROXY) is not None or torch._C._get_dispatch_mode(modes.FAKE) is not None
 
 
 # ----------------------------------------------------------------------------------------
@@ -72,13 +81,17 @@ def functorch_active() -> bool:
 
 
 def sigmoid_tanh_pays(x: Tensor, hidden: int) -> bool:
-    """Whether eq. (2) is evaluated as tanh z1 = 2 sigmoid(2 z1) - 1 for this x (N, D)."""
+    """Whether eq. (2) is evaluated as tanh z1 = 2 sigmoid(2 z1) - 1 for this x (N, D); eager only."""
+    if tracing(x):
+        return False
     cpu_float = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
     return cpu_float and x.shape[0] * hidden >= SIGMOID_TANH_MIN_ELEMENTS
 
 
 def column_major_pays(W2: Tensor, rows: int) -> bool:
-    """Whether a1 (rows, H) W2 runs with W2 in column-major layout."""
+    """Whether a1 (rows, H) W2 runs with W2 in column-major layout; eager only."""
+    if type(rows) is not int or tracing():
+        return False
     return W2.device.type == "cpu" and rows >= COLUMN_MAJOR_MIN_ROWS
 
 
@@ -92,6 +105,21 @@ class LossStrategy(NamedTuple):
 
 _DEFAULT_STRATEGY = LossStrategy()
 _loss_strategy: ContextVar[LossStrategy] = ContextVar("manualgrad_loss_strategy", default=_DEFAULT_STRATEGY)
+
+
+def gradients_in_forward(
+    x: Tensor, target: Tensor, params: Sequence[Tensor], reduction: str
+) -> tuple[bool, ...] | None:
+    """Which gradients the loss's forward should compute (x, W1, b1, W2, b2), or None to defer
+    them to backward: eager only, for a scalar loss, from ``precompute_min_rows`` rows."""
+    if tracing(x):  # first: Dynamo does not trace ContextVar.get
+        return None
+    if reduction == "none" or not torch.is_grad_enabled() or target.requires_grad:
+        return None
+    if x.shape[0] < _loss_strategy.get().precompute_min_rows:
+        return None
+    mask = (x.requires_grad, *(p.requires_grad for p in params))
+    return mask if any(mask) else None
 
 
 def loss_strategy() -> LossStrategy:

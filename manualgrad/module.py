@@ -98,14 +98,21 @@ class TwoLayerNet(nn.Module):
     def _parameters_tuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.W1, self.b1, self.W2, self.b2
 
-    def forward(self, x: Tensor, target: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    def forward(self, x: Tensor, target: Tensor | None = None, reduction: str | None = None) -> Tensor:
         """y_hat = softmax(tanh(x W1 + b1) W2 + b2): (N, out), or (out,) for unbatched x.
 
-        With a ``target``, returns ``self.loss(x, target, reduction)`` instead, so that wrappers
-        that only call ``forward`` (DistributedDataParallel, FSDP) get the fused loss.
+        With a ``target``, returns ``self.loss(x, target, reduction)`` instead (``reduction``
+        defaults to ``"mean"``), so that wrappers that only call ``forward``
+        (DistributedDataParallel, FSDP) get the fused loss. A ``reduction`` without a target
+        does not apply and raises ``TypeError``.
         """
         if target is not None:
-            return self.loss(x, target, reduction)
+            return self.loss(x, target, "mean" if reduction is None else reduction)
+        if reduction is not None:
+            raise TypeError(
+                f"reduction={reduction!r} applies only to the loss: pass a target, model(x, target, reduction), "
+                "or call model.loss(x, target, reduction)"
+            )
         return functional.two_layer_net(x, *self._parameters_tuple())
 
     def logits(self, x: Tensor) -> Tensor:

@@ -6,6 +6,9 @@ Exception types follow PyTorch users' expectations:
 * ``ValueError`` for the wrong shape, size, or value,
 * ``RuntimeError`` for tensors on different devices (the type PyTorch itself raises).
 
+Tensors must be dense (``torch.strided``): sparse and other layouts are refused with a
+``TypeError`` naming the layout.
+
 Each message names the argument and the offending shape, dtype, device or value. The
 checks read only metadata (type, dtype, shape, device), so they run no kernel, with one
 exception: the class-index range.
@@ -13,8 +16,9 @@ exception: the class-index range.
 Class-index range checks (``0 <= target < C``) need the values, so they are done
 explicitly only where reading the values is cheap and allowed: eager mode on the CPU, on
 a plain ``torch.Tensor`` (not a fake or other subclass tensor). On CUDA (where a check
-would synchronise the stream), under ``torch.compile`` / ``torch.export`` and under
-``torch.func`` transforms, the range is checked by PyTorch's own ``gather`` kernel inside
+would synchronise the stream), under ``torch.compile``, ``torch.export``, ``make_fx`` and
+``torch.func`` transforms (``modes.tracing``: reading values there would guard on them or fail),
+the range is checked by PyTorch's own ``gather`` kernel inside
 the loss (a device-side assertion on CUDA, an ``index ... out of bounds`` error on CPU,
 an ``index out of bounds`` check in Inductor's generated code), so an out-of-range label
 still raises instead of giving a silently wrong loss.
@@ -29,8 +33,13 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def require_tensor(name: str, value: object) -> Tensor:
-    """Return ``value`` if it is a tensor, else raise a TypeError that says how to convert it."""
+    """Return ``value`` if it is a dense (strided) tensor, else raise a TypeError that says how to convert it."""
     if isinstance(value, Tensor):
+        if value.layout != torch.strided:  # sparse, mkldnn...: our kernels use strided views and out=
+            raise TypeError(
+                f"{name} must be a dense (torch.strided) tensor, got layout {value.layout}; "
+                f"convert it with {name}.to_dense()"
+            )
         return value
     kind = type(value).__name__
     if type(value).__module__ == "numpy":
@@ -179,4 +188,6 @@ def _check_class_range(target: Tensor, C: int) -> None:
         return
     position = int(((flat < 0) | (flat >= C)).nonzero()[0, 0])
     value = int(flat[position])
+    if target.dtype == torch.uint64 and value < 0:  # .long() wrapped it: report the label as given
+        value += 1 << 64
     raise ValueError(f"target holds class index {value} at position {position}; class indices must lie in [0, {C})")

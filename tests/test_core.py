@@ -274,3 +274,26 @@ def test_verify_command_rejects_bad_options():
         [sys.executable, "-m", "manualgrad", "verify", "--batch", "0"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "positive" in result.stderr
+
+
+def test_layers_depend_one_way_and_kernels_never_ask_the_mode():
+    """functional -> autograd -> kernels; modes answers mode questions. The kernels import none of
+    the wiring and call none of PyTorch's mode queries: the wiring passes what they need."""
+    import ast
+    import inspect
+
+    from manualgrad import kernels, modes
+
+    def imported(module):
+        names = set()
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                names |= {node.module} if node.module else {alias.name for alias in node.names}
+        return names
+
+    assert imported(kernels) == set()
+    assert imported(modes) == set()
+    assert not imported(autograd) & {"functional", "module"}
+    source = inspect.getsource(kernels)
+    for query in ("is_grad_enabled", "is_compiling", "functorch", "forward_ad", "differentiated", "autocast"):
+        assert query not in source, f"kernels.py asks {query}"

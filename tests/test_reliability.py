@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -154,6 +155,13 @@ def _with(t: torch.Tensor, index: int, value: int) -> torch.Tensor:
     return t
 
 
+def _uint64_with(t: torch.Tensor, index: int, value: int) -> torch.Tensor:
+    """t as uint64 with ``value`` (up to 2**64 - 1) at ``index``, set through its int64 bits."""
+    bits = t.long().clone()
+    bits[index] = value - (1 << 64) if value >= 1 << 63 else value
+    return bits.view(torch.uint64)
+
+
 MODULE, FUNCTIONAL = ("module",), ("functional",)
 BAD_INPUTS = [
     # x: kind
@@ -282,6 +290,25 @@ BAD_INPUTS = [
     BadInput("b1 on meta", "loss", lambda x, t, p: (x, t), RuntimeError,
              "Expected all tensors to be on the same device.*b1 is on meta and W1 is on {device}",
              surfaces=FUNCTIONAL, params=lambda W1, b1, W2, b2: (W1, b1.to("meta"), W2, b2)),
+    # layouts: refused at the boundary, not deep inside a kernel above 2048 rows
+    BadInput("x sparse COO", "forward", lambda x, t, p: (x.to_sparse(),), TypeError,
+             r"x must be a dense \(torch.strided\) tensor, got layout torch.sparse_coo; "
+             r"convert it with x.to_dense\(\)"),
+    BadInput("x sparse CSR (loss)", "loss", lambda x, t, p: (x.to_sparse_csr(), t), TypeError,
+             r"x must be a dense \(torch.strided\) tensor, got layout torch.sparse_csr"),
+    BadInput("class indices sparse", "loss", lambda x, t, p: (x, t.to_sparse()), TypeError,
+             "target must be a dense .* got layout torch.sparse_coo"),
+    BadInput("W1 sparse", "logits", lambda x, t, p: (x,), TypeError, "W1 must be a dense .* layout torch.sparse_coo",
+             surfaces=FUNCTIONAL, params=lambda W1, b1, W2, b2: (W1.to_sparse(), b1, W2, b2)),
+    # uint64 labels beyond int64 are reported as given, not wrapped to negative
+    BadInput("uint64 class index 2**63 + 5", "loss", lambda x, t, p: (x, _uint64_with(t, 1, 2**63 + 5)), ValueError,
+             rf"target holds class index {2**63 + 5} at position 1; class indices must lie in \[0, 4\)",
+             cpu_only=True),
+    # arguments that do not apply are errors, not ignored
+    BadInput("reduction without a target", "forward", lambda x, t, p: (x, None, "bogus"), TypeError,
+             r"reduction='bogus' applies only to the loss: pass a target", surfaces=MODULE),
+    BadInput("reduction 'sum' without a target", "forward", lambda x, t, p: (x, None, "sum"), TypeError,
+             "reduction='sum' applies only to the loss", surfaces=MODULE),
 ]  # fmt: skip
 
 
@@ -719,6 +746,70 @@ def test_empty_batch_loss_matches_cross_entropy_with_zero_gradients(reduction, s
     assert bool(value.isnan()) if reduction == "mean" else float(value.detach().sum()) == 0.0  # as F.cross_entropy
     for g, t in zip(grads, [t for t in inputs if t.is_floating_point()]):
         assert g.shape == t.shape and bool((g == 0).all())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("N", [8, 300], ids=["N=8", "N=300"])
+@pytest.mark.parametrize("upstream", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+def test_non_finite_upstream_gradient_gives_autograds_values_at_every_batch_size(upstream, N, reduction):
+    """autograd gives NaN where +-inf times row terms of both signs are summed; so must we, at every N
+    (from 256 rows the loss computes its gradients in the forward and used to scale them to +-inf)."""
+    x, target, params = make_problem(N, D, H, C, seed=4)
+    inputs, grad_out = [x, *params], torch.tensor(upstream, dtype=x.dtype)
+    manual = grads_keeping_layout(lambda x, *p: functional.two_layer_net_loss(x, target, *p, reduction=reduction),
+                                  inputs, grad_out)  # fmt: skip
+    twin = grads_keeping_layout(lambda x, *p: reference.loss(x, target, *p, reduction=reduction), inputs, grad_out)
+    assert_close_to_twin(manual, twin, torch.float64, f"upstream {upstream}, N={N}", equal_nan=True)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_no_classes_matches_cross_entropy(reduction):
+    """C = 0 (probability targets of shape (N, 0)): F.cross_entropy's mean is 0/0 = nan, sum and none 0."""
+    x, _, (W1, b1, W2, b2) = make_problem(5, D, H, C)
+    inputs = [x, W1, b1, W2[:, :0], b2[:0], torch.zeros(5, 0, dtype=x.dtype)]
+    manual = grads_keeping_layout(loss_of_everything(functional.two_layer_net_loss, reduction), inputs)
+    twin = grads_keeping_layout(loss_of_everything(reference.loss, reduction), inputs)
+    assert_close_to_twin(manual, twin, torch.float64, "C=0", equal_nan=True)
+    assert bool(manual[0].isnan().any()) == (reduction == "mean")
+
+
+def test_loss_strategy_is_per_thread_with_two_overlapping_threads(either_loss_strategy):
+    """Two threads inside loss_gradients_in_forward at once, leaving in the order they did not enter
+    in: each sees its own setting throughout, a new thread the default, and afterwards nobody's."""
+    x, target, params = make_problem(8, D, H, C)  # 8 rows: by default the gradients wait for backward
+    params = [p.requires_grad_() for p in params]
+    both_inside, first_left = threading.Barrier(2, timeout=30), threading.Event()
+    seen: dict[str, object] = {}
+
+    def precomputed() -> bool:
+        return functional.two_layer_net_loss(x, target, *params).grad_fn.precomputed
+
+    def worker(name: str, enabled: bool, leaves_first: bool) -> None:
+        try:
+            with functional.loss_gradients_in_forward(enabled, chunk_rows=3):
+                both_inside.wait()
+                seen[name] = precomputed()
+                if not leaves_first:
+                    first_left.wait(timeout=30)
+                    seen[name + " after the other left"] = precomputed()
+            if leaves_first:
+                first_left.set()
+            seen[name + " outside"] = precomputed()
+        except Exception as error:  # surfaced by the assertion below
+            seen[name] = error
+
+    threads = [
+        threading.Thread(target=worker, args=("A", True, True)),
+        threading.Thread(target=worker, args=("B", False, False)),
+    ]
+    threads.append(threading.Thread(target=lambda: seen.setdefault("fresh thread", precomputed())))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert seen == {"A": True, "B": False, "B after the other left": False, "A outside": False, "B outside": False,
+                    "fresh thread": False}  # fmt: skip
+    assert precomputed() == (either_loss_strategy == "gradients-in-forward")  # this thread's own setting
 
 
 @pytest.mark.parametrize("device", DEVICES)
