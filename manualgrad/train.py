@@ -16,7 +16,8 @@ whole run; :attr:`TrainResult.max_loss_difference` says by how much they differ.
 
 As a library: ``result = train_moons()``. As a command:
 ``python -m manualgrad train [--epochs N] [--lr LR] [--out DIR] [--no-plot] [--quiet]``,
-which writes ``moons_decision_boundary.png`` and ``moons_loss.png`` into ``--out``.
+which writes ``moons_decision_boundary.png`` and ``moons_loss.png`` into ``--out DIR`` (no
+files without it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,18 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .cli import non_negative_float, non_negative_int, positive_float, positive_int
+from .arguments import (
+    Parser,
+    check_output_names,
+    memory_error,
+    non_negative_float,
+    non_negative_int,
+    output_dir,
+    positive_float,
+    seed,
+    size,
+    staged_output,
+)
 from .data import make_moons
 from .module import TwoLayerNet
 
@@ -125,9 +137,10 @@ def _check_real(name: str, value: object, *, minimum: float, strict: bool) -> fl
 
 
 def _epochs_with_progress(epochs: int, enabled: bool) -> Iterable[int]:
-    """range(epochs), wrapped in a tqdm bar when asked for and tqdm is installed.
+    """range(epochs), wrapped in a tqdm bar when asked for, tqdm is installed and stderr is a terminal.
 
-    The bar appears only once a run has lasted a second (tqdm's ``delay``), so short runs stay quiet.
+    The bar appears only once a run has lasted a second (tqdm's ``delay``), so short runs stay quiet;
+    in a redirected log there is no bar at all.
     """
     if not enabled:
         return range(epochs)
@@ -135,7 +148,11 @@ def _epochs_with_progress(epochs: int, enabled: bool) -> Iterable[int]:
         from tqdm import tqdm
     except ImportError:
         return range(epochs)
-    return tqdm(range(epochs), desc="train", unit="epoch", delay=1.0, leave=False, file=sys.stderr)
+    # disable=None: tqdm draws only when stderr is a terminal, and writes nothing into a log
+    bar: Iterable[int] = tqdm(
+        range(epochs), desc="train", unit="epoch", delay=1.0, leave=False, file=sys.stderr, disable=None
+    )
+    return bar
 
 
 def train_moons(
@@ -326,18 +343,20 @@ def plot_losses(result: TrainResult, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------
 
 
-def build_parser(prog: str = "manualgrad train") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train TwoLayerNet on two moons with its hand-derived gradients and, in lockstep, "
-        "a native-autograd twin from the same initial weights; report both loss curves, their "
-        "largest difference and the training accuracy, and plot the decision boundary. "
-        "Exits 1 when the loss curves differ by more than rounding (a wrong gradient, or a learning rate so "
-        "large that training turns chaotic and amplifies rounding).",
-    )
-    parser.add_argument("--samples", type=positive_int, default=200, help="points (default 200)")
+PARSER: dict[str, str] = {
+    "description": "Train TwoLayerNet on two moons with its hand-derived gradients and, in lockstep, "
+    "a native-autograd twin from the same initial weights; report both loss curves, their "
+    "largest difference and the training accuracy; with --out, plot the decision boundary and the loss curves. "
+    "Exits 1 when the loss curves differ by more than rounding (a wrong gradient, or a learning rate so "
+    "large that training turns chaotic and amplifies rounding), 2 on a bad option.",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``manualgrad train``; ``run_command`` runs the parsed arguments."""
+    parser.add_argument("--samples", type=size, default=200, help="points (default 200)")
     parser.add_argument("--noise", type=non_negative_float, default=0.2, help="noise std (default 0.2)")
-    parser.add_argument("--hidden", type=positive_int, default=500, help="hidden units (default 500)")
+    parser.add_argument("--hidden", type=size, default=500, help="hidden units (default 500)")
     parser.add_argument(
         "--epochs", type=non_negative_int, default=DEFAULT_EPOCHS, help=f"full-batch steps (default {DEFAULT_EPOCHS})"
     )
@@ -348,28 +367,64 @@ def build_parser(prog: str = "manualgrad train") -> argparse.ArgumentParser:
         default=DEFAULT_MOMENTUM,
         help=f"SGD momentum (default {DEFAULT_MOMENTUM})",
     )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data and weights (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the data and weights (default 0)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default: float32")
     parser.add_argument(
         "--out",
-        type=Path,
-        default=Path("."),
+        type=output_dir,
+        default=None,
         metavar="DIR",
-        help=f"folder for {BOUNDARY_PNG} and {LOSS_PNG} (default: the current folder)",
+        help=f"write {BOUNDARY_PNG} and {LOSS_PNG} into DIR, created if missing (default: write no files)",
     )
-    parser.add_argument("--no-plot", action="store_true", help="write no PNGs")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNGs, even with --out")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar; print only the summary and the files written"
     )
+    parser.set_defaults(run=run_command, validate=validate)
+
+
+def build_parser(prog: str = "manualgrad train") -> Parser:
+    """The stand-alone parser of ``python -m manualgrad.train`` and ``examples/train_moons.py``."""
+    parser = Parser(prog=prog, **PARSER)
+    add_arguments(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m manualgrad train``: returns 0, or 1 when the two loss curves disagree."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    dtype = DTYPES[args.dtype]
+def validate(args: argparse.Namespace) -> str | None:
+    """Why these options cannot run (before any work), or None."""
     if args.samples < 2:
-        build_parser().error(f"--samples must be at least 2 (one point per moon), got {args.samples}")
+        return f"--samples must be at least 2 (one point per moon), got {args.samples}"
+    problem = memory_error(args.samples, args.hidden, itemsize=DTYPES[args.dtype].itemsize)
+    if problem is None and args.out is not None and not args.no_plot:
+        problem = check_output_names(args.out, (BOUNDARY_PNG, LOSS_PNG))
+    return problem
+
+
+def _matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m manualgrad train``: returns 0, 1 when the two loss curves disagree, 2 on a bad option."""
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    problem = validate(args)
+    if problem is not None:
+        parser.error(problem)  # one line on stderr, SystemExit(2), as for every other bad option
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Train with parsed (and validated) options, print the summary, write the plots under ``--out``."""
+    dtype = DTYPES[args.dtype]
+    plot = args.out is not None and not args.no_plot
+    if plot and not _matplotlib_available():
+        print(f"manualgrad train: {MATPLOTLIB_MISSING}", file=sys.stderr)
+        plot = False
     result = train_moons(
         args.samples,
         args.noise,
@@ -400,18 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.quiet and result.manual_losses:
         print(f"first-epoch gradients, same weights: max relative difference {result.first_gradient_difference:.3e}")
-    if not args.no_plot:
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-            written = [
-                plot_decision_boundary(result, args.out / BOUNDARY_PNG),
-                plot_losses(result, args.out / LOSS_PNG),
-            ]
-        except ImportError as error:
-            print(f"manualgrad train: {error}", file=sys.stderr)
-        else:
-            for path in written:
-                print(f"wrote {path}")
+    if plot:
+        with staged_output(args.out) as stage:  # all files or none
+            plot_decision_boundary(result, stage / BOUNDARY_PNG)
+            plot_losses(result, stage / LOSS_PNG)
+        for name in (BOUNDARY_PNG, LOSS_PNG):
+            print(f"wrote {args.out / name}")
     if not agree:
         if result.first_gradient_difference <= loss_tolerance(dtype):
             cause = (
