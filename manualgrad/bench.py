@@ -100,9 +100,14 @@ def make_problem(N: int, hidden: int, device: str, seed: int = 0) -> tuple[TwoLa
     return model, x, target
 
 
-def torch_steps(model: TwoLayerNet, x: torch.Tensor, target: torch.Tensor, compiled_loss=None) -> dict[str, Step]:
+def torch_steps(
+    model: TwoLayerNet,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    compiled_loss: Callable[..., torch.Tensor] | None = None,
+) -> dict[str, Step]:
     """The timed statements: set the gradients to None, compute the loss, backward."""
-    params = list(model.parameters())
+    params = (model.W1, model.b1, model.W2, model.b2)
 
     def manual() -> None:
         for p in params:
@@ -135,7 +140,10 @@ def numpy_step(model: TwoLayerNet, x: torch.Tensor, target: torch.Tensor) -> Ste
 
 def gradients(step: Step, model: TwoLayerNet) -> list[torch.Tensor]:
     step()
-    return [p.grad.detach().clone() for p in model.parameters()]
+    grads = [p.grad for p in model.parameters()]
+    if any(g is None for g in grads):
+        raise RuntimeError("a parameter got no gradient from the step")
+    return [g.detach().clone() for g in grads if g is not None]
 
 
 def max_relative_error(grads: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
@@ -156,7 +164,9 @@ def blocked_autorange(step: Step, device: str, min_run_time: float) -> tuple[int
     threads, which slows autograd's small steps several-fold (and on a loaded machine makes
     each such op wait for a time slice, milliseconds). Here threads stay as the process has them.
     """
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     def block(number: int) -> float:
         sync()
@@ -234,7 +244,7 @@ def saved_bytes(fn: Callable[[], object], inputs: Sequence[torch.Tensor] = ()) -
 
 def network_paths(model: TwoLayerNet, x: torch.Tensor, target: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The forward of each path, manualgrad and its native-autograd twin."""
-    params = list(model.parameters())
+    params = (model.W1, model.b1, model.W2, model.b2)
     return {
         "manualgrad probs": lambda: model(x),
         "autograd probs": lambda: reference.probs(x, *params),
@@ -259,7 +269,7 @@ def peak_step_bytes(step: Step, device: str) -> int:
     events = sorted(
         (e.start_ns(), e.nbytes())
         for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU  # type: ignore[attr-defined]
     )
     current = peak = 0
     for _, nbytes in events:
@@ -298,7 +308,7 @@ def time_size(
     for step in steps.values():  # warm-up, and compilation
         step()
     measurements = time_steps(steps, N, hidden, device, repeats, min_run_time)
-    result.times = {m.task_spec.description: m.median for m in measurements}
+    result.times = {str(m.task_spec.description): m.median for m in measurements}
     return result, measurements
 
 
@@ -458,12 +468,12 @@ def write_plot(results: Sequence[SizeResult], hidden: int, path: str | os.PathLi
 
 JSON_NAME, PLOT_NAME = "bench_step.json", "bench_step.png"
 
-PARSER: dict[str, str] = {
-    "description": "Time one training step (loss + all parameter gradients) of manualgrad against eager "
+DESCRIPTION = (
+    "Time one training step (loss + all parameter gradients) of manualgrad against eager "
     "autograd, torch.compile and numpy, side by side; report the bytes saved for backward and peak memory. "
     f"With --out DIR, write {JSON_NAME} and {PLOT_NAME} there. Exits 1 when manualgrad's gradients "
-    "differ from autograd's, 2 on a bad option.",
-}
+    "differ from autograd's, 2 on a bad option."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -492,7 +502,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> Parser:
     """The stand-alone parser of ``python -m manualgrad.bench`` and ``benchmarks/bench_step.py``."""
-    parser = Parser(prog="manualgrad bench", **PARSER)
+    parser = Parser(prog="manualgrad bench", description=DESCRIPTION)
     add_arguments(parser)
     return parser
 

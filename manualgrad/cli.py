@@ -92,18 +92,20 @@ def _run_verify(args: argparse.Namespace) -> int:
 def build_parser() -> Parser:
     """The ``manualgrad`` parser: ``verify``, ``train`` and ``bench`` as argparse subcommands."""
     parser = Parser(prog="manualgrad", description="A two-layer network with hand-derived gradients.")
-    parser.add_argument(
-        "--version", action="version", version=f"manualgrad {__version__} (torch {torch.__version__})"
-    )
+    parser.add_argument("--version", action="version", version=f"manualgrad {__version__} (torch {torch.__version__})")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="{verify,train,bench}", parser_class=SubcommandParser
     )
     _add_verify_parser(commands)
     train.add_arguments(
-        commands.add_parser("train", help="train on two moons, manual and autograd in lockstep", **train.PARSER)
+        commands.add_parser(
+            "train", help="train on two moons, manual and autograd in lockstep", description=train.DESCRIPTION
+        )
     )
     bench.add_arguments(
-        commands.add_parser("bench", help="time a training step against autograd, compile and numpy", **bench.PARSER)
+        commands.add_parser(
+            "bench", help="time a training step against autograd, compile and numpy", description=bench.DESCRIPTION
+        )
     )
     return parser
 

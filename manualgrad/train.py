@@ -28,6 +28,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -47,6 +48,9 @@ from .arguments import (
 )
 from .data import make_moons
 from .module import TwoLayerNet
+
+if TYPE_CHECKING:  # matplotlib is optional: imported when a plot is drawn
+    from matplotlib.figure import Figure
 
 __all__ = [
     "BOUNDARY_PNG",
@@ -246,10 +250,16 @@ def train_moons(
 
 
 def _relative_gradient_difference(model: TwoLayerNet, twin: TwoLayerNet) -> float:
-    pairs = [(p.grad, q.grad) for p, q in zip(model.parameters(), twin.parameters())]
+    pairs = [(_grad(p), _grad(q)) for p, q in zip(model.parameters(), twin.parameters())]
     difference = max(float((g - h).abs().max()) for g, h in pairs)
     scale = max(float(h.abs().max()) for _, h in pairs)
     return difference / scale if scale > 0 else difference
+
+
+def _grad(parameter: Tensor) -> Tensor:
+    if parameter.grad is None:
+        raise RuntimeError("a parameter got no gradient from backward")
+    return parameter.grad
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,7 +267,7 @@ def _relative_gradient_difference(model: TwoLayerNet, twin: TwoLayerNet) -> floa
 # ----------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float):
+def _new_figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -343,13 +353,13 @@ def plot_losses(result: TrainResult, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------
 
 
-PARSER: dict[str, str] = {
-    "description": "Train TwoLayerNet on two moons with its hand-derived gradients and, in lockstep, "
+DESCRIPTION = (
+    "Train TwoLayerNet on two moons with its hand-derived gradients and, in lockstep, "
     "a native-autograd twin from the same initial weights; report both loss curves, their "
     "largest difference and the training accuracy; with --out, plot the decision boundary and the loss curves. "
     "Exits 1 when the loss curves differ by more than rounding (a wrong gradient, or a learning rate so "
-    "large that training turns chaotic and amplifies rounding), 2 on a bad option.",
-}
+    "large that training turns chaotic and amplifies rounding), 2 on a bad option."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -385,7 +395,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(prog: str = "manualgrad train") -> Parser:
     """The stand-alone parser of ``python -m manualgrad.train`` and ``examples/train_moons.py``."""
-    parser = Parser(prog=prog, **PARSER)
+    parser = Parser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
     return parser
 
