@@ -100,12 +100,30 @@ def non_negative_int(text: str) -> int:
 
 
 def seed(text: str) -> int:
-    """A random seed in [0, 2**63 - 1]: what ``torch.manual_seed`` and numpy's ``default_rng`` both take."""
+    """A random seed in [0, 2**63 - 1]: what ``torch.manual_seed`` and numpy's ``default_rng`` both take.
+
+    Example:
+        >>> seed("42")
+        42
+        >>> seed("99999999999999999999")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be at most 9223372036854775807, got 99999999999999999999
+    """
     return _bounded_int(text, 0, MAX_INT, "an integer >= 0")
 
 
 def size(text: str) -> int:
-    """A tensor size (batch, hidden units, samples) in [1, 2**31 - 1]; see also :func:`memory_error`."""
+    """A tensor size (batch, hidden units, samples) in [1, 2**31 - 1]; see also :func:`memory_error`.
+
+    Example:
+        >>> size("64")
+        64
+        >>> size("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a positive integer, got 0
+    """
     return _bounded_int(text, 1, MAX_SIZE, "a positive integer")
 
 
@@ -135,7 +153,17 @@ def _probe_writable(folder: Path) -> None:
 
 
 def output_dir(text: str) -> Path:
-    """A folder the command may write into: an existing writable folder, or one that can be created."""
+    """A folder the command may write into: an existing writable folder, or one that can be created.
+
+    Nothing is created here: the check creates and removes a temporary folder in the nearest
+    existing ancestor, the only test of writability that holds for root too.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     output_dir(folder + "/plots").name
+        'plots'
+    """
     if not text:
         raise argparse.ArgumentTypeError("must be a folder, got ''")
     path = Path(text)
@@ -164,6 +192,12 @@ def memory_error(rows: int, hidden: int, *, itemsize: int = 8, copies: int = 4) 
     A command holds at least a few (N, H) tensors at once (z1 or a1, its gradient, the twin's
     copies); asking for more than the machine's memory would end in an out-of-memory kill
     halfway, so the command refuses such sizes before it starts.
+
+    Example:
+        >>> memory_error(64, 500) is None
+        True
+        >>> print(memory_error(2**31 - 1, 2**31 - 1))  # doctest: +ELLIPSIS
+        N=2147483647 rows x H=2147483647 hidden units need at least 1.48e+11 GB (4 (N, H) tensors ...
     """
     needed = rows * hidden * itemsize * copies
     available = physical_memory()

@@ -91,7 +91,13 @@ class SizeResult:
 
 
 def make_problem(N: int, hidden: int, device: str, seed: int = 0) -> tuple[TwoLayerNet, torch.Tensor, torch.Tensor]:
-    """A float32 TwoLayerNet(2, hidden, 2), x (N, 2) and class indices (N,) on ``device``."""
+    """A float32 TwoLayerNet(2, hidden, 2), x (N, 2) and class indices (N,) on ``device``.
+
+    Example:
+        >>> model, x, target = make_problem(8, 16, "cpu")
+        >>> x.shape, target.shape, model.W1.shape
+        (torch.Size([8, 2]), torch.Size([8]), torch.Size([2, 16]))
+    """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = TwoLayerNet(IN_FEATURES, hidden, CLASSES, device=device)
@@ -223,6 +229,11 @@ def saved_bytes(fn: Callable[[], object], inputs: Sequence[torch.Tensor] = ()) -
     packed sums numel * element_size over every packed tensor; distinct counts each storage
     once; held leaves out the storages of ``inputs`` (x, target, parameters: alive anyway),
     which is the memory the graph keeps from being freed.
+
+    Example:
+        >>> x = torch.ones(1000, requires_grad=True)
+        >>> saved_bytes(lambda: (x * x).sum(), [x])  # mul saves x twice: 2 x 4000 bytes, one storage, held by x
+        (8000, 4000, 0)
     """
     packed = 0
     storages: dict[int, int] = {}
@@ -529,7 +540,19 @@ def devices_for(choice: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m manualgrad bench``: returns 0, 1 when the gradients differ from autograd's, 2 on a bad option."""
+    """``python -m manualgrad bench``: print the tables; write ``--out DIR``'s files.
+
+    Args:
+        argv: the options, as on the command line (default: ``sys.argv[1:]``); see ``--help``.
+
+    Returns:
+        the exit code: 0; 1 when manualgrad's gradients differ from autograd's; 2 for a bad
+        option (one line on stderr, before any work; argparse's own errors exit with 2).
+
+    Example:
+        >>> main(["--sizes", "2000000000", "--hidden", "2000000000"])  # refused before any work: no memory
+        2
+    """
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     problem = validate(args)
     if problem is not None:
