@@ -113,7 +113,8 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``manualgrad <command> [options]``; returns the exit code (2: bad option, 1: a check failed)."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    problem = args.validate(args)
+    validate = getattr(args, "validate", None)  # a subcommand's checks that need several options at once
+    problem = validate(args) if validate is not None else None
     if problem is not None:
         print(f"manualgrad {args.command}: error: {problem}", file=sys.stderr)
         return 2
