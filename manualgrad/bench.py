@@ -434,6 +434,15 @@ def format_memory(results: Sequence[SizeResult]) -> str:
     return "\n".join(lines)
 
 
+def _load() -> str:
+    """The machine's 1-minute load average with its core count: a loaded machine moves every time."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "load unknown"
+    return f"load {load:.1f} on {os.cpu_count()} cores"
+
+
 def _share(mine: int, theirs: int) -> str:
     return f"{mine / theirs:.1%}" if theirs else "-"
 
@@ -464,7 +473,10 @@ def write_plot(results: Sequence[SizeResult], hidden: int, path: str | os.PathLi
     ax.set_xlabel("batch size N")
     ax.set_ylabel("seconds per training step")
     threads = torch.get_num_threads()
-    ax.set_title(f"one training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}, {threads} threads")
+    ax.set_title(
+        f"one training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}, {threads} threads, {_load()}",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -572,7 +584,7 @@ def run_command(args: argparse.Namespace) -> int:
     print(
         f"manualgrad bench: torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
         f"D={IN_FEATURES} H={args.hidden} C={CLASSES}, N in {list(sizes)}, devices {devices}, "
-        f"{repeats} x {min_run_time} s per path and size{'' if compile_ else ', no compile'}",
+        f"{repeats} x {min_run_time} s per path and size{'' if compile_ else ', no compile'}, {_load()}",
         flush=True,
     )
     results, measurements = run(
@@ -594,7 +606,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.out is not None:
         with staged_output(args.out) as stage:  # all files or none
             with open(stage / JSON_NAME, "w") as file:
-                json.dump({"hidden": args.hidden, "results": [asdict(r) for r in results]}, file, indent=1)
+                summary = {"hidden": args.hidden, "machine": _load(), "results": [asdict(r) for r in results]}
+                json.dump(summary, file, indent=1)
             plotted = None if args.no_plot else write_plot(results, args.hidden, stage / PLOT_NAME)
         print(f"\nwrote {args.out / JSON_NAME}")
         if plotted:
