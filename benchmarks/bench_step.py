@@ -16,11 +16,12 @@ device = "all"  # cpu, cuda or all (available)
 repeats = 5  # interleaved rounds: every path once per round
 min_run_time = 0.2  # seconds of timing per path, size and round
 compile = True  # also time the autograd twin under torch.compile
-plot = True  # write bench_step.png (needs matplotlib)
-out = "."  # folder for bench_step.png and bench_step.json
+plot = True  # write bench_step.png too (needs matplotlib)
+out = None  # folder for bench_step.json and bench_step.png; None: print only, write no files
 # -----------------------------------------------------------------------------
 
-argv = ["--hidden", str(hidden), "--device", device, "--out", out] + ([] if plot else ["--no-plot"])
+argv = ["--hidden", str(hidden), "--device", device] + ([] if plot else ["--no-plot"])
+argv += [] if out is None else ["--out", out]
 if "--quick" not in sys.argv:  # --quick: its own sizes and timing, a few seconds
     argv += ["--sizes", *map(str, sizes), "--repeats", str(repeats), "--min-run-time", str(min_run_time)]
     argv += [] if compile else ["--no-compile"]

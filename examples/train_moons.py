@@ -3,7 +3,7 @@
 What it shows: TwoLayerNet (2 -> 500 tanh -> 2 softmax), trained with full-batch SGD on 200
 points of two moons with noise 0.20, reaches >= 97% training accuracy; an identical twin that
 starts from the same weights but gets its gradients from PyTorch's autograd follows the same
-loss curve to floating-point rounding. Writes the decision boundary and both loss curves as
+loss curve to floating-point rounding. With --out DIR, writes the decision boundary and both loss curves as
 PNGs (needs matplotlib: ``pip install manualgrad[examples]``).
 
 This is a thin wrapper over :func:`manualgrad.train.main`, the same as

@@ -12,4 +12,4 @@ __all__ = [
     "two_layer_net_logits",
     "two_layer_net_loss",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

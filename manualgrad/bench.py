@@ -45,7 +45,16 @@ import torch
 from torch.utils import benchmark
 
 from . import reference
-from .cli import positive_float, positive_int
+from .arguments import (
+    Parser,
+    check_output_names,
+    memory_error,
+    output_dir,
+    positive_float,
+    positive_int,
+    size,
+    staged_output,
+)
 from .module import TwoLayerNet
 
 SIZES = (1, 32, 256, 4096, 65536)
@@ -82,7 +91,13 @@ class SizeResult:
 
 
 def make_problem(N: int, hidden: int, device: str, seed: int = 0) -> tuple[TwoLayerNet, torch.Tensor, torch.Tensor]:
-    """A float32 TwoLayerNet(2, hidden, 2), x (N, 2) and class indices (N,) on ``device``."""
+    """A float32 TwoLayerNet(2, hidden, 2), x (N, 2) and class indices (N,) on ``device``.
+
+    Example:
+        >>> model, x, target = make_problem(8, 16, "cpu")
+        >>> x.shape, target.shape, model.W1.shape
+        (torch.Size([8, 2]), torch.Size([8]), torch.Size([2, 16]))
+    """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = TwoLayerNet(IN_FEATURES, hidden, CLASSES, device=device)
@@ -91,9 +106,14 @@ def make_problem(N: int, hidden: int, device: str, seed: int = 0) -> tuple[TwoLa
     return model, x, target
 
 
-def torch_steps(model: TwoLayerNet, x: torch.Tensor, target: torch.Tensor, compiled_loss=None) -> dict[str, Step]:
+def torch_steps(
+    model: TwoLayerNet,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    compiled_loss: Callable[..., torch.Tensor] | None = None,
+) -> dict[str, Step]:
     """The timed statements: set the gradients to None, compute the loss, backward."""
-    params = list(model.parameters())
+    params = (model.W1, model.b1, model.W2, model.b2)
 
     def manual() -> None:
         for p in params:
@@ -126,7 +146,10 @@ def numpy_step(model: TwoLayerNet, x: torch.Tensor, target: torch.Tensor) -> Ste
 
 def gradients(step: Step, model: TwoLayerNet) -> list[torch.Tensor]:
     step()
-    return [p.grad.detach().clone() for p in model.parameters()]
+    grads = [p.grad for p in model.parameters()]
+    if any(g is None for g in grads):
+        raise RuntimeError("a parameter got no gradient from the step")
+    return [g.detach().clone() for g in grads if g is not None]
 
 
 def max_relative_error(grads: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
@@ -147,7 +170,9 @@ def blocked_autorange(step: Step, device: str, min_run_time: float) -> tuple[int
     threads, which slows autograd's small steps several-fold (and on a loaded machine makes
     each such op wait for a time slice, milliseconds). Here threads stay as the process has them.
     """
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     def block(number: int) -> float:
         sync()
@@ -204,6 +229,11 @@ def saved_bytes(fn: Callable[[], object], inputs: Sequence[torch.Tensor] = ()) -
     packed sums numel * element_size over every packed tensor; distinct counts each storage
     once; held leaves out the storages of ``inputs`` (x, target, parameters: alive anyway),
     which is the memory the graph keeps from being freed.
+
+    Example:
+        >>> x = torch.ones(1000, requires_grad=True)
+        >>> saved_bytes(lambda: (x * x).sum(), [x])  # mul saves x twice: 2 x 4000 bytes, one storage, held by x
+        (8000, 4000, 0)
     """
     packed = 0
     storages: dict[int, int] = {}
@@ -225,7 +255,7 @@ def saved_bytes(fn: Callable[[], object], inputs: Sequence[torch.Tensor] = ()) -
 
 def network_paths(model: TwoLayerNet, x: torch.Tensor, target: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The forward of each path, manualgrad and its native-autograd twin."""
-    params = list(model.parameters())
+    params = (model.W1, model.b1, model.W2, model.b2)
     return {
         "manualgrad probs": lambda: model(x),
         "autograd probs": lambda: reference.probs(x, *params),
@@ -250,7 +280,7 @@ def peak_step_bytes(step: Step, device: str) -> int:
     events = sorted(
         (e.start_ns(), e.nbytes())
         for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU  # type: ignore[attr-defined]
     )
     current = peak = 0
     for _, nbytes in events:
@@ -289,7 +319,7 @@ def time_size(
     for step in steps.values():  # warm-up, and compilation
         step()
     measurements = time_steps(steps, N, hidden, device, repeats, min_run_time)
-    result.times = {m.task_spec.description: m.median for m in measurements}
+    result.times = {str(m.task_spec.description): m.median for m in measurements}
     return result, measurements
 
 
@@ -404,20 +434,33 @@ def format_memory(results: Sequence[SizeResult]) -> str:
     return "\n".join(lines)
 
 
+def _load() -> str:
+    """The machine's 1-minute load average with its core count: a loaded machine moves every time."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "load unknown"
+    return f"load {load:.1f} on {os.cpu_count()} cores"
+
+
 def _share(mine: int, theirs: int) -> str:
     return f"{mine / theirs:.1%}" if theirs else "-"
 
 
-def write_plot(results: Sequence[SizeResult], hidden: int, path: str) -> str | None:
-    """Log-log time per step against N, one line per path and device; None without matplotlib."""
-    try:
-        import matplotlib
+def write_plot(results: Sequence[SizeResult], hidden: int, path: str | os.PathLike[str]) -> str | None:
+    """Log-log time per step against N, one line per path and device; None without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    The figure is a ``matplotlib.figure.Figure`` on its own Agg canvas: pyplot and the
+    caller's backend are left alone.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for device in dict.fromkeys(r.device for r in results):
         rows = [r for r in results if r.device == device]
         for name in PATHS:
@@ -430,13 +473,15 @@ def write_plot(results: Sequence[SizeResult], hidden: int, path: str) -> str | N
     ax.set_xlabel("batch size N")
     ax.set_ylabel("seconds per training step")
     threads = torch.get_num_threads()
-    ax.set_title(f"one training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}, {threads} threads")
+    ax.set_title(
+        f"one training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}, {threads} threads, {_load()}",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig.savefig(path, dpi=100)
+    return str(path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -444,26 +489,57 @@ def write_plot(results: Sequence[SizeResult], hidden: int, path: str) -> str | N
 # ----------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="manualgrad bench",
-        description="Time one training step (loss + all parameter gradients) of manualgrad against eager "
-        "autograd, torch.compile and numpy, side by side; report the bytes saved for backward and peak memory.",
-    )
-    parser.add_argument("--sizes", type=positive_int, nargs="+", default=None, help=f"batch sizes N (default {SIZES})")
-    parser.add_argument("--hidden", type=positive_int, default=HIDDEN, help=f"hidden units (default {HIDDEN})")
+JSON_NAME, PLOT_NAME = "bench_step.json", "bench_step.png"
+
+DESCRIPTION = (
+    "Time one training step (loss + all parameter gradients) of manualgrad against eager "
+    "autograd, torch.compile and numpy, side by side; report the bytes saved for backward and peak memory. "
+    f"With --out DIR, write {JSON_NAME} and {PLOT_NAME} there. Exits 1 when manualgrad's gradients "
+    "differ from autograd's, 2 on a bad option."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``manualgrad bench``; ``run_command`` runs the parsed arguments."""
+    parser.add_argument("--sizes", type=size, nargs="+", default=None, help=f"batch sizes N (default {SIZES})")
+    parser.add_argument("--hidden", type=size, default=HIDDEN, help=f"hidden units (default {HIDDEN})")
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="default: all available")
     parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds of timing (default 5)")
     parser.add_argument(
         "--min-run-time", type=positive_float, default=0.2, help="seconds per path, size and round (default 0.2)"
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
-    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
-    parser.add_argument("--out", default=".", help="folder for bench_step.png and bench_step.json (default .)")
+    parser.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
+    parser.add_argument(
+        "--out",
+        type=output_dir,
+        default=None,
+        metavar="DIR",
+        help=f"write {JSON_NAME} and {PLOT_NAME} into DIR, created if missing (default: write no files)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help=f"N in {QUICK_SIZES}, short timing, no compile: a few seconds (CI)"
     )
+    parser.set_defaults(run=run_command, validate=validate)
+
+
+def build_parser() -> Parser:
+    """The stand-alone parser of ``python -m manualgrad.bench`` and ``benchmarks/bench_step.py``."""
+    parser = Parser(prog="manualgrad bench", description=DESCRIPTION)
+    add_arguments(parser)
     return parser
+
+
+def validate(args: argparse.Namespace) -> str | None:
+    """Why these options cannot run (before any work), or None."""
+    try:
+        devices_for(args.device)
+    except RuntimeError as error:
+        return str(error)
+    problem = memory_error(max(args.sizes or SIZES), args.hidden, itemsize=4, copies=8)
+    if problem is None and args.out is not None:
+        problem = check_output_names(args.out, (JSON_NAME, PLOT_NAME))
+    return problem
 
 
 def devices_for(choice: str) -> list[str]:
@@ -475,25 +551,40 @@ def devices_for(choice: str) -> list[str]:
     return [choice]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m manualgrad bench``: print the tables; write ``--out DIR``'s files.
+
+    Args:
+        argv: the options, as on the command line (default: ``sys.argv[1:]``); see ``--help``.
+
+    Returns:
+        the exit code: 0; 1 when manualgrad's gradients differ from autograd's; 2 for a bad
+        option (one line on stderr, before any work; argparse's own errors exit with 2).
+
+    Example:
+        >>> main(["--sizes", "2000000000", "--hidden", "2000000000"])  # refused before any work: no memory
+        2
+    """
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    problem = validate(args)
+    if problem is not None:
+        print(f"manualgrad bench: error: {problem}", file=sys.stderr)
+        return 2
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Benchmark with parsed (and validated) options; print the tables; write the files under ``--out``."""
     if args.quick:
         sizes, repeats, min_run_time, compile_ = args.sizes or QUICK_SIZES, 1, 0.02, False
     else:
         sizes, repeats, min_run_time, compile_ = args.sizes or SIZES, args.repeats, args.min_run_time, True
     compile_ = compile_ and not args.no_compile
-    if min(sizes) < 1 or args.hidden < 1 or repeats < 1:
-        print("manualgrad bench: sizes, --hidden and --repeats must be positive", file=sys.stderr)
-        return 2
-    try:
-        devices = devices_for(args.device)
-    except RuntimeError as error:
-        print(f"manualgrad bench: {error}", file=sys.stderr)
-        return 2
+    devices = devices_for(args.device)
     print(
         f"manualgrad bench: torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
         f"D={IN_FEATURES} H={args.hidden} C={CLASSES}, N in {list(sizes)}, devices {devices}, "
-        f"{repeats} x {min_run_time} s per path and size{'' if compile_ else ', no compile'}",
+        f"{repeats} x {min_run_time} s per path and size{'' if compile_ else ', no compile'}, {_load()}",
         flush=True,
     )
     results, measurements = run(
@@ -512,12 +603,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_memory(results))
 
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_step.json"), "w") as file:
-        json.dump({"hidden": args.hidden, "results": [asdict(r) for r in results]}, file, indent=1)
-    if not args.no_plot:
-        written = write_plot(results, args.hidden, os.path.join(args.out, "bench_step.png"))
-        print(f"\nplot: {written}" if written else "\nplot: matplotlib is not installed, no PNG written")
+    if args.out is not None:
+        with staged_output(args.out) as stage:  # all files or none
+            with open(stage / JSON_NAME, "w") as file:
+                summary = {"hidden": args.hidden, "machine": _load(), "results": [asdict(r) for r in results]}
+                json.dump(summary, file, indent=1)
+            plotted = None if args.no_plot else write_plot(results, args.hidden, stage / PLOT_NAME)
+        print(f"\nwrote {args.out / JSON_NAME}")
+        if plotted:
+            print(f"wrote {args.out / PLOT_NAME}")
+        elif not args.no_plot:
+            print("plot: matplotlib is not installed, no PNG written")
     bad = [r for r in results if not r.max_grad_error < 1e-3]
     if bad:
         print(f"manualgrad bench: gradients differ from autograd at N={[r.N for r in bad]}", file=sys.stderr)

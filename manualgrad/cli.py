@@ -4,51 +4,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
+from collections.abc import Sequence
 
+import torch
+
+from . import __version__, bench, train
 from . import verify as verify_lib
 
-# argparse types, shared by every subcommand (verify here, train and bench in their modules)
+# argparse types shared by every subcommand live in manualgrad.arguments; re-exported here.
+from .arguments import (
+    Parser,
+    SubcommandParser,
+    memory_error,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+    size,
+)
+
+__all__ = [
+    "build_parser",
+    "main",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "seed",
+    "size",
+]
 
 
-def _parse(text: str, kind: type, expected: str):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    value = _parse(text, int, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _parse(text, int, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _parse(text, float, "a finite number >= 0")
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _parse(text, float, "a positive number")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
+def _add_verify_parser(commands: argparse._SubParsersAction[SubcommandParser]) -> None:
     parser = commands.add_parser(
         "verify",
         help="compare the hand-derived gradients with autograd, numpy and gradcheck",
@@ -57,9 +47,9 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="default: all available")
     parser.add_argument("--dtype", choices=("float64", "float32", "all"), default="all", help="default: all")
-    parser.add_argument("--batch", type=positive_int, default=64, help="rows of x (default 64)")
-    parser.add_argument("--hidden", type=positive_int, default=500, help="hidden units (default 500)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=size, default=64, help="rows of x (default 64)")
+    parser.add_argument("--hidden", type=size, default=500, help="hidden units (default 500)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the problem, in [0, 2**63 - 1] (default 0)")
     parser.add_argument("--no-gradcheck", action="store_true", help="skip gradcheck and gradgradcheck")
     parser.add_argument(
         "--no-conformance",
@@ -67,7 +57,11 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
         help="skip the PyTorch conformance matrix (torch.func, compile, DDP, ...)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    parser.set_defaults(run=_run_verify)
+    parser.set_defaults(run=_run_verify, validate=_validate_verify)
+
+
+def _validate_verify(args: argparse.Namespace) -> str | None:
+    return memory_error(args.batch, args.hidden)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -95,27 +89,34 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _add_forwarding_parser(commands: argparse._SubParsersAction, name: str, help_text: str, module: str) -> None:
-    parser = commands.add_parser(name, help=help_text, add_help=False)
-    parser.set_defaults(forward_to=module)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="manualgrad", description="A two-layer network with hand-derived gradients.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> Parser:
+    """The ``manualgrad`` parser: ``verify``, ``train`` and ``bench`` as argparse subcommands."""
+    parser = Parser(prog="manualgrad", description="A two-layer network with hand-derived gradients.")
+    parser.add_argument("--version", action="version", version=f"manualgrad {__version__} (torch {torch.__version__})")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{verify,train,bench}", parser_class=SubcommandParser
+    )
     _add_verify_parser(commands)
-    _add_forwarding_parser(commands, "train", "train on two moons, manual and autograd in lockstep", "train")
-    _add_forwarding_parser(commands, "bench", "time a training step against autograd, compile and numpy", "bench")
+    train.add_arguments(
+        commands.add_parser(
+            "train", help="train on two moons, manual and autograd in lockstep", description=train.DESCRIPTION
+        )
+    )
+    bench.add_arguments(
+        commands.add_parser(
+            "bench", help="time a training step against autograd, compile and numpy", description=bench.DESCRIPTION
+        )
+    )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args, rest = build_parser().parse_known_args(argv)
-    if getattr(args, "forward_to", None):
-        from importlib import import_module
-
-        return import_module(f"manualgrad.{args.forward_to}").main(rest)
-    if rest:
-        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
-    return args.run(args)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``manualgrad <command> [options]``; returns the exit code (2: bad option, 1: a check failed)."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    validate = getattr(args, "validate", None)  # a subcommand's checks that need several options at once
+    problem = validate(args) if validate is not None else None
+    if problem is not None:
+        print(f"manualgrad {args.command}: error: {problem}", file=sys.stderr)
+        return 2
+    code: int = args.run(args)
+    return code

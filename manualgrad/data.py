@@ -35,7 +35,25 @@ def _check_arguments(n_samples: object, noise: object, seed: object) -> None:
 
 
 def make_moons_numpy(n_samples: int = 200, noise: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two moons as numpy arrays: x (N, 2) float64 and y (N,) int64; see :func:`make_moons`."""
+    """Two moons as numpy arrays; the same points as :func:`make_moons` for the same arguments.
+
+    Args:
+        n_samples: total number of points N (>= 2); class 0 gets N // 2, class 1 the rest.
+        noise: standard deviation of the Gaussian noise added to both coordinates (>= 0).
+        seed: seed of numpy's ``default_rng``, >= 0.
+
+    Shape:
+        - x: (N, 2), float64
+        - y: (N,), int64 class indices in {0, 1}
+
+    Returns:
+        the tuple ``(x, y)``.
+
+    Example:
+        >>> x, y = make_moons_numpy(6, noise=0.0, seed=1)
+        >>> x.shape, x.dtype, y.tolist().count(0)
+        ((6, 2), dtype('float64'), 3)
+    """
     _check_arguments(n_samples, noise, seed)
     n_samples = int(n_samples)
     n_out = n_samples // 2  # class 0: the upper moon
@@ -74,8 +92,16 @@ def make_moons(
         dtype: floating dtype of ``x``.
         device: device of both tensors.
 
+    Shape:
+        - x: (N, 2), of ``dtype``
+        - y: (N,), int64 class indices in {0, 1}
+
     Returns:
-        ``x`` (N, 2) of ``dtype`` and ``y`` (N,) int64 class indices in {0, 1}.
+        the tuple ``(x, y)``.
+
+    Raises:
+        TypeError: an argument of the wrong type (e.g. a float ``n_samples``).
+        ValueError: ``n_samples < 2``, a negative or non-finite ``noise``, a negative ``seed``.
 
     Example:
         >>> x, y = make_moons(200, noise=0.2, seed=0)

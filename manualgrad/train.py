@@ -16,7 +16,8 @@ whole run; :attr:`TrainResult.max_loss_difference` says by how much they differ.
 
 As a library: ``result = train_moons()``. As a command:
 ``python -m manualgrad train [--epochs N] [--lr LR] [--out DIR] [--no-plot] [--quiet]``,
-which writes ``moons_decision_boundary.png`` and ``moons_loss.png`` into ``--out``.
+which writes ``moons_decision_boundary.png`` and ``moons_loss.png`` into ``--out DIR`` (no
+files without it).
 """
 
 from __future__ import annotations
@@ -27,14 +28,29 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from . import reference
-from .cli import non_negative_float, non_negative_int, positive_float, positive_int
+from .arguments import (
+    Parser,
+    check_output_names,
+    memory_error,
+    non_negative_float,
+    non_negative_int,
+    output_dir,
+    positive_float,
+    seed,
+    size,
+    staged_output,
+)
 from .data import make_moons
 from .module import TwoLayerNet
+
+if TYPE_CHECKING:  # matplotlib is optional: imported when a plot is drawn
+    from matplotlib.figure import Figure
 
 __all__ = [
     "BOUNDARY_PNG",
@@ -101,6 +117,10 @@ class TrainResult:
 def loss_tolerance(dtype: torch.dtype) -> float:
     """Largest relative gap between the two loss curves still put down to rounding.
 
+    Example:
+        >>> loss_tolerance(torch.float32), loss_tolerance(torch.float64)
+        (0.0001, 1e-10)
+
     The two copies round differently (fused vs unfused formulas, different summation orders),
     and SGD carries those differences forward; with the default settings they stay below
     2e-6 in float32 and 1e-15 in float64 over 1500 epochs. A derivation error is orders larger.
@@ -125,9 +145,10 @@ def _check_real(name: str, value: object, *, minimum: float, strict: bool) -> fl
 
 
 def _epochs_with_progress(epochs: int, enabled: bool) -> Iterable[int]:
-    """range(epochs), wrapped in a tqdm bar when asked for and tqdm is installed.
+    """range(epochs), wrapped in a tqdm bar when asked for, tqdm is installed and stderr is a terminal.
 
-    The bar appears only once a run has lasted a second (tqdm's ``delay``), so short runs stay quiet.
+    The bar appears only once a run has lasted a second (tqdm's ``delay``), so short runs stay quiet;
+    in a redirected log there is no bar at all.
     """
     if not enabled:
         return range(epochs)
@@ -135,7 +156,11 @@ def _epochs_with_progress(epochs: int, enabled: bool) -> Iterable[int]:
         from tqdm import tqdm
     except ImportError:
         return range(epochs)
-    return tqdm(range(epochs), desc="train", unit="epoch", delay=1.0, leave=False, file=sys.stderr)
+    # disable=None: tqdm draws only when stderr is a terminal, and writes nothing into a log
+    bar: Iterable[int] = tqdm(
+        range(epochs), desc="train", unit="epoch", delay=1.0, leave=False, file=sys.stderr, disable=None
+    )
+    return bar
 
 
 def train_moons(
@@ -156,9 +181,34 @@ def train_moons(
     full batch, one step per epoch. ``seed`` fixes the data and the initial weights; the
     global torch random state is left as it was.
 
+    Args:
+        n_samples: points of two moons N (>= 2), see :func:`manualgrad.data.make_moons`.
+        noise: standard deviation of the noise on the points (>= 0).
+        hidden: hidden units H of ``TwoLayerNet(2, H, 2)``.
+        epochs: full-batch SGD steps (>= 0).
+        lr: learning rate (> 0).
+        momentum: SGD momentum (>= 0).
+        seed: seed of the data and the initial weights.
+        dtype: floating dtype of the data and both models.
+        progress: show a tqdm bar on a terminal (nothing when stderr is not one, or without tqdm).
+
+    Shape:
+        - ``result.x``: (N, 2), ``result.y``: (N,) int64
+        - ``result.manual_losses``, ``result.autograd_losses``: ``epochs`` floats each
+
     Returns:
         a :class:`TrainResult` with both loss curves, their max absolute difference, the
         final training accuracy of each copy and the max final parameter difference.
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or out of range, before any work.
+
+    Example:
+        >>> result = train_moons(n_samples=40, hidden=16, epochs=20, seed=3)
+        >>> len(result.manual_losses), result.max_loss_difference < 1e-5
+        (20, True)
+        >>> result.x.shape, result.model.W1.shape
+        (torch.Size([40, 2]), torch.Size([2, 16]))
     """
     n_samples = _check_positive_int("n_samples", n_samples)
     hidden = _check_positive_int("hidden", hidden)
@@ -229,10 +279,16 @@ def train_moons(
 
 
 def _relative_gradient_difference(model: TwoLayerNet, twin: TwoLayerNet) -> float:
-    pairs = [(p.grad, q.grad) for p, q in zip(model.parameters(), twin.parameters())]
+    pairs = [(_grad(p), _grad(q)) for p, q in zip(model.parameters(), twin.parameters())]
     difference = max(float((g - h).abs().max()) for g, h in pairs)
     scale = max(float(h.abs().max()) for _, h in pairs)
     return difference / scale if scale > 0 else difference
+
+
+def _grad(parameter: Tensor) -> Tensor:
+    if parameter.grad is None:
+        raise RuntimeError("a parameter got no gradient from backward")
+    return parameter.grad
 
 
 # ----------------------------------------------------------------------------------------
@@ -240,7 +296,7 @@ def _relative_gradient_difference(model: TwoLayerNet, twin: TwoLayerNet) -> floa
 # ----------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float):
+def _new_figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -326,18 +382,20 @@ def plot_losses(result: TrainResult, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------
 
 
-def build_parser(prog: str = "manualgrad train") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train TwoLayerNet on two moons with its hand-derived gradients and, in lockstep, "
-        "a native-autograd twin from the same initial weights; report both loss curves, their "
-        "largest difference and the training accuracy, and plot the decision boundary. "
-        "Exits 1 when the loss curves differ by more than rounding (a wrong gradient, or a learning rate so "
-        "large that training turns chaotic and amplifies rounding).",
-    )
-    parser.add_argument("--samples", type=positive_int, default=200, help="points (default 200)")
+DESCRIPTION = (
+    "Train TwoLayerNet on two moons with its hand-derived gradients and, in lockstep, "
+    "a native-autograd twin from the same initial weights; report both loss curves, their "
+    "largest difference and the training accuracy; with --out, plot the decision boundary and the loss curves. "
+    "Exits 1 when the loss curves differ by more than rounding (a wrong gradient, or a learning rate so "
+    "large that training turns chaotic and amplifies rounding), 2 on a bad option."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``manualgrad train``; ``run_command`` runs the parsed arguments."""
+    parser.add_argument("--samples", type=size, default=200, help="points (default 200)")
     parser.add_argument("--noise", type=non_negative_float, default=0.2, help="noise std (default 0.2)")
-    parser.add_argument("--hidden", type=positive_int, default=500, help="hidden units (default 500)")
+    parser.add_argument("--hidden", type=size, default=500, help="hidden units (default 500)")
     parser.add_argument(
         "--epochs", type=non_negative_int, default=DEFAULT_EPOCHS, help=f"full-batch steps (default {DEFAULT_EPOCHS})"
     )
@@ -348,28 +406,77 @@ def build_parser(prog: str = "manualgrad train") -> argparse.ArgumentParser:
         default=DEFAULT_MOMENTUM,
         help=f"SGD momentum (default {DEFAULT_MOMENTUM})",
     )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data and weights (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the data and weights (default 0)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default: float32")
     parser.add_argument(
         "--out",
-        type=Path,
-        default=Path("."),
+        type=output_dir,
+        default=None,
         metavar="DIR",
-        help=f"folder for {BOUNDARY_PNG} and {LOSS_PNG} (default: the current folder)",
+        help=f"write {BOUNDARY_PNG} and {LOSS_PNG} into DIR, created if missing (default: write no files)",
     )
-    parser.add_argument("--no-plot", action="store_true", help="write no PNGs")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNGs, even with --out")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar; print only the summary and the files written"
     )
+    parser.set_defaults(run=run_command, validate=validate)
+
+
+def build_parser(prog: str = "manualgrad train") -> Parser:
+    """The stand-alone parser of ``python -m manualgrad.train`` and ``examples/train_moons.py``."""
+    parser = Parser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m manualgrad train``: returns 0, or 1 when the two loss curves disagree."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    dtype = DTYPES[args.dtype]
+def validate(args: argparse.Namespace) -> str | None:
+    """Why these options cannot run (before any work), or None."""
     if args.samples < 2:
-        build_parser().error(f"--samples must be at least 2 (one point per moon), got {args.samples}")
+        return f"--samples must be at least 2 (one point per moon), got {args.samples}"
+    problem = memory_error(args.samples, args.hidden, itemsize=DTYPES[args.dtype].itemsize)
+    if problem is None and args.out is not None and not args.no_plot:
+        problem = check_output_names(args.out, (BOUNDARY_PNG, LOSS_PNG))
+    return problem
+
+
+def _matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m manualgrad train``: returns 0, or 1 when the two loss curves disagree.
+
+    Args:
+        argv: the options, as on the command line (default: ``sys.argv[1:]``); see ``--help``.
+
+    Returns:
+        the exit code: 0, or 1 when the curves differ by more than rounding. A bad option
+        exits (``SystemExit(2)``) with one line on stderr, before any work.
+
+    Example:
+        >>> main(["--epochs", "5", "--hidden", "4", "--samples", "10", "--quiet"])  # doctest: +ELLIPSIS
+        training accuracy ...% (autograd twin ...%); max |loss_manual - loss_autograd| over 5 epochs ...
+        0
+    """
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    problem = validate(args)
+    if problem is not None:
+        parser.error(problem)  # one line on stderr, SystemExit(2), as for every other bad option
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Train with parsed (and validated) options, print the summary, write the plots under ``--out``."""
+    dtype = DTYPES[args.dtype]
+    plot = args.out is not None and not args.no_plot
+    if plot and not _matplotlib_available():
+        print(f"manualgrad train: {MATPLOTLIB_MISSING}", file=sys.stderr)
+        plot = False
     result = train_moons(
         args.samples,
         args.noise,
@@ -400,18 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.quiet and result.manual_losses:
         print(f"first-epoch gradients, same weights: max relative difference {result.first_gradient_difference:.3e}")
-    if not args.no_plot:
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-            written = [
-                plot_decision_boundary(result, args.out / BOUNDARY_PNG),
-                plot_losses(result, args.out / LOSS_PNG),
-            ]
-        except ImportError as error:
-            print(f"manualgrad train: {error}", file=sys.stderr)
-        else:
-            for path in written:
-                print(f"wrote {path}")
+    if plot:
+        with staged_output(args.out) as stage:  # all files or none
+            plot_decision_boundary(result, stage / BOUNDARY_PNG)
+            plot_losses(result, stage / LOSS_PNG)
+        for name in (BOUNDARY_PNG, LOSS_PNG):
+            print(f"wrote {args.out / name}")
     if not agree:
         if result.first_gradient_difference <= loss_tolerance(dtype):
             cause = (
