@@ -95,6 +95,19 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _add_check_parser(commands: argparse._SubParsersAction) -> None:
+    from .testing import command
+
+    parser = commands.add_parser(
+        "check",
+        help="check your own autograd.Function against a reference (manualgrad.testing)",
+        description="Run manualgrad.testing.check_function on FILE's function, reference and inputs. "
+        "Exits 0 when every check passes or skips, 1 when one fails, 2 on bad usage.",
+    )
+    command.add_arguments(parser)
+    parser.set_defaults(run=command.run)
+
+
 def _add_forwarding_parser(commands: argparse._SubParsersAction, name: str, help_text: str, module: str) -> None:
     parser = commands.add_parser(name, help=help_text, add_help=False)
     parser.set_defaults(forward_to=module)
@@ -104,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="manualgrad", description="A two-layer network with hand-derived gradients.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_verify_parser(commands)
+    _add_check_parser(commands)
     _add_forwarding_parser(commands, "train", "train on two moons, manual and autograd in lockstep", "train")
     _add_forwarding_parser(commands, "bench", "time a training step against autograd, compile and numpy", "bench")
     return parser

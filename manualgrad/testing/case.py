@@ -15,6 +15,9 @@ RTOL = {torch.float64: 1e-7, torch.float32: 1e-5, torch.bfloat16: 4e-2, torch.fl
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-7, torch.bfloat16: 1e-3, torch.float16: 1e-4}
 
 
+MAX_PARTS = 6  # comparisons listed one by one in a message; beyond, the failing ones or the worst
+
+
 class Skip(Exception):
     """Raised by a check that does not apply; its message is the reason."""
 
@@ -97,14 +100,14 @@ def random_like(t: Tensor, generator: torch.Generator) -> Tensor:
     return torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t.device, t.dtype)
 
 
-def compare(what: str, actual: Tensor, expected: Tensor, rtol: float, atol: float) -> tuple[bool, str]:
-    """Normwise comparison: (passed, "what: max abs 1.2e-17, rel 3.4e-16")."""
+def compare(what: str, actual: Tensor, expected: Tensor, rtol: float, atol: float) -> tuple[bool, str, float]:
+    """Normwise comparison: (passed, "what: max abs 1.2e-17, rel 3.4e-16", relative error)."""
     if actual.shape != expected.shape:
-        return False, f"{what}: shape {tuple(actual.shape)}, reference {tuple(expected.shape)}"
+        return False, f"{what}: shape {tuple(actual.shape)}, reference {tuple(expected.shape)}", float("inf")
     a = actual.detach().to("cpu", torch.float64)
     b = expected.detach().to("cpu", torch.float64)
     if a.numel() == 0:
-        return True, f"{what}: empty"
+        return True, f"{what}: empty", 0.0
     same_nan = torch.equal(a.isnan(), b.isnan())
     finite = ~(a.isnan() | b.isnan())
     diff = (a - b)[finite].abs()
@@ -115,7 +118,7 @@ def compare(what: str, actual: Tensor, expected: Tensor, rtol: float, atol: floa
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     passed = same_nan and max_abs <= atol + rtol * scale
     nan_note = "" if same_nan else " (NaNs differ)"
-    return passed, f"{what}: max abs {max_abs:.1e}, rel {max_rel:.1e}{nan_note}"
+    return passed, f"{what}: max abs {max_abs:.1e}, rel {max_rel:.1e}{nan_note}", max_rel
 
 
 def compare_all(
@@ -128,17 +131,24 @@ def compare_all(
 ) -> tuple[bool, str]:
     """Compare tensors pairwise (None as zeros) within ``tolerance`` (rtol, atol), by default
     the case's for the expected tensor's dtype; one message part per pair."""
-    ok, lines = True, []
+    rows = []  # (passed, relative error, line)
     for name, a, b in zip(names, actual, expected):
         if a is None and b is None:
             continue
         a = torch.zeros_like(b) if a is None else a  # type: ignore[arg-type]
         b = torch.zeros_like(a) if b is None else b
         rtol, atol = tolerance or case.tolerances(b.dtype)
-        passed, line = compare(f"{what} {name}".strip(), a, b, rtol, atol)
-        ok &= passed
-        lines.append(line + ("" if passed else f" > tolerance (rtol {rtol:.0e})"))
-    return ok, "; ".join(lines)
+        passed, line, rel = compare(f"{what} {name}".strip(), a, b, rtol, atol)
+        rows.append((passed, rel, line + ("" if passed else f" > tolerance (rtol {rtol:.0e})")))
+    ok = all(passed for passed, _, _ in rows)
+    if len(rows) <= MAX_PARTS:
+        return ok, "; ".join(line for _, _, line in rows)
+    failing = [line for passed, _, line in rows if not passed]
+    worst = max(rows, key=lambda row: row[1])[2]
+    shown = failing[:MAX_PARTS] if failing else [worst]
+    return ok, f"{len(rows) - len(failing)} of {len(rows)} within tolerance; " + (
+        "worst: " if not failing else ""
+    ) + "; ".join(shown)
 
 
 def input_names(case: Case, positions: Sequence[int]) -> list[str]:

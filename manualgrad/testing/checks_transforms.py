@@ -203,8 +203,11 @@ def run_autocast(fn, case: Case, device: str, dtype: torch.dtype, upstream=None)
 
 
 def check_autocast(case: Case) -> tuple[bool, str]:
-    """Under autocast (CPU bfloat16, CUDA float16), float32 inputs: output dtype no narrower than
-    the reference's under the same autocast, values and gradients within that dtype's tolerance."""
+    """Autocast (CPU bfloat16, CUDA float16): output dtype and error against the reference under it.
+
+    float32 inputs; the output must be no narrower than the reference's under the same autocast,
+    values and gradients within the autocast dtype's tolerance of the reference's.
+    """
     device = first_device(case)
     if device not in ("cpu", "cuda"):
         raise Skip(f"no autocast check for device {device}")
