@@ -120,6 +120,8 @@ def hidden_activation_fast(
 def _sigmoid_tanh(x: Tensor, hidden: int) -> bool:
     """Whether tanh z1 = 2 sigmoid(2 z1) - 1 pays: on the CPU, for (N, H) large enough that 3 ns
     per element saved outweigh the two extra ops (a few microseconds)."""
+    if torch.compiler.is_compiling():  # one path for every batch size under compile and export
+        return False
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.shape[0] * hidden >= 4096
 
 
@@ -133,7 +135,7 @@ def column_major(W2: Tensor, rows: int) -> Tensor:
     a1 W2 with few columns C is about 5x faster with W2 in this layout (another BLAS kernel);
     the copy is (H, C), so it pays from about 16 rows.
     """
-    if W2.device.type != "cpu" or rows < 16 or W2.stride(0) == 1:
+    if torch.compiler.is_compiling() or W2.device.type != "cpu" or rows < 16 or W2.stride(0) == 1:
         return W2
     return W2.T.contiguous().T  # (H, C)  same values, strides (1, H)
 
@@ -632,9 +634,9 @@ def loss_gradients_in_forward(enabled: bool, chunk_rows: int | None = None) -> I
 
 def _precompute_mask(x: Tensor, target: Tensor, params: Sequence[Tensor], reduction: str) -> tuple[bool, ...] | None:
     """Which gradients the loss's forward should compute now, or None to defer to backward."""
-    if reduction == "none" or x.shape[0] < PRECOMPUTE_MIN_ROWS or not torch.is_grad_enabled() or target.requires_grad:
+    if torch.compiler.is_compiling() or _functorch_active():  # first: no guard on the batch size
         return None
-    if torch.compiler.is_compiling() or _functorch_active():
+    if reduction == "none" or x.shape[0] < PRECOMPUTE_MIN_ROWS or not torch.is_grad_enabled() or target.requires_grad:
         return None
     mask = (x.requires_grad, *(p.requires_grad for p in params))
     return mask if any(mask) else None

@@ -34,6 +34,7 @@ class Case:
     rtol: float | None = None
     seed: int = 0
     names: tuple[str, ...] | None = None  # inputs' names in messages (default "input 0", ...)
+    fast_gradcheck: bool = False  # gradcheck's fast_mode (a random projection of the Jacobian)
 
     def tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
         """(rtol, atol) for comparing tensors of ``dtype``: the caller's, else the dtype's."""
