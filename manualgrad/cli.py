@@ -86,12 +86,12 @@ def _run_verify(args: argparse.Namespace) -> int:
         args.seed,
         gradcheck=not args.no_gradcheck,
         conformance=not args.no_conformance,
+        progress=verify_lib.progress_printer(tables=not args.json),
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(verify_lib.format_report(report))
-        print(f"({time.perf_counter() - start:.1f} s)")
+        print(f"verify: {report.summary()} ({time.perf_counter() - start:.1f} s)")
     return 0 if report.passed else 1
 
 

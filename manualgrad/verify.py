@@ -21,9 +21,11 @@ manualgrad itself. Sections, printed as each finishes:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import torch
 
@@ -196,7 +198,8 @@ def verify(
     progress: Callable[[int, int, str, list[CheckResult] | None, float], None] | None = None,
 ) -> VerifyReport:
     """Run every section (see the module docstring). ``progress(i, n, title, results, seconds)``
-    is called before each section (results None) and after it."""
+    is called with i=0 and the report's title first, then before each section (results None)
+    and after it."""
     if batch < 1 or hidden < 1:
         raise ValueError(f"batch and hidden must be positive, got batch={batch}, hidden={hidden}")
     dtypes = list(dtypes)
@@ -210,6 +213,8 @@ def verify(
     }
     report = VerifyReport(title=_title(settings), settings=settings)
     plan = sections(devices, dtypes, batch, hidden, seed, gradcheck, conformance)
+    if progress:
+        progress(0, len(plan), report.title, None, 0.0)
     for i, (title, run) in enumerate(plan, 1):
         if progress:
             progress(i, len(plan), title, None, 0.0)
@@ -239,6 +244,32 @@ def format_report(report: VerifyReport) -> str:
     lines += [format_section(t, r, s) for t, r, s in report.sections]
     lines.append(f"verify: {report.summary()}")
     return "\n".join(lines)
+
+
+def progress_printer(tables: bool = True, stream: TextIO | None = None) -> Callable[..., None]:
+    """A ``progress`` callback for :func:`verify`: each section's table on stdout as it finishes
+    (with ``tables``); on a terminal a "[2/6] title ..." line on stderr while a section runs, in
+    a log (stderr not a terminal) one plain line per finished section."""
+    err = stream or sys.stderr
+    terminal = err.isatty()
+
+    def show(i: int, n: int, title: str, results: list[CheckResult] | None, seconds: float) -> None:
+        if i == 0:  # the report's title, before the first section
+            if tables:
+                print(title + "\n", flush=True)
+            return
+        if results is None:
+            if terminal:
+                print(f"\r[{i}/{n}] {title} ...", end="", file=err, flush=True)
+            return
+        if terminal:
+            print("\r\033[K", end="", file=err, flush=True)  # erase the running line
+        if tables:
+            print(format_section(title, results, seconds), flush=True)
+        if not terminal or not tables:
+            print(f"[{i}/{n}] {title}: {Report(results).summary()} ({seconds:.1f} s)", file=err, flush=True)
+
+    return show
 
 
 def available_devices(choice: str = "all") -> list[str]:
