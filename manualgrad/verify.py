@@ -31,6 +31,7 @@ import torch
 
 from . import functional
 from .testing import Case, CheckResult, Report, run_checks
+from .testing.engine import exception_message
 from .testing.report import format_results
 from .verify_cases import Problem, loss_case, network_case, numpy_results
 
@@ -219,7 +220,10 @@ def verify(
         if progress:
             progress(i, len(plan), title, None, 0.0)
         start = time.perf_counter()
-        results = run()
+        try:
+            results = run()
+        except Exception as error:  # every check catches its own; this is the last line of defence
+            results = [CheckResult("section", "fail", exception_message(error), title)]
         report.add_section(title, results, time.perf_counter() - start)
         if progress:
             progress(i, len(plan), title, results, time.perf_counter() - start)

@@ -11,6 +11,7 @@ from torch import Tensor
 from . import functional, reference
 from .testing import Case, CheckResult
 from .testing.case import compare
+from .testing.engine import exception_message
 
 PARAMETER_NAMES = ("W1", "b1", "W2", "b2")
 
@@ -93,6 +94,23 @@ def loss_case(
     return Case(manual, twin, inputs, batch_dim=batch_dim, names=("x", "target", *PARAMETER_NAMES))
 
 
+def _against_numpy(problem: Problem, soft: bool, mode: dict[str, object]) -> tuple[str, str]:
+    case = loss_case(problem, "cpu", torch.float64, soft=soft, **mode)  # type: ignore[arg-type]
+    x, target, *params = case.inputs
+    value = case.fn(x, target, *params)
+    grads = torch.autograd.grad(value, [x, *params])  # type: ignore[arg-type]
+    y = problem.soft_target if soft else torch.nn.functional.one_hot(problem.target, problem.params[2].shape[1])
+    np_value, np_grads = reference.numpy_loss_and_gradients(
+        problem.x.numpy(), y.to(torch.float64).numpy(), *(p.numpy() for p in problem.params)
+    )
+    witnesses = [torch.tensor(np_value), *(torch.from_numpy(np_grads[k]) for k in ("x", *PARAMETER_NAMES))]
+    names = ("value", "grad x", *(f"grad {k}" for k in PARAMETER_NAMES))
+    rows = [
+        compare(name, a, b, *case.tolerances(torch.float64)) for name, a, b in zip(names, (value, *grads), witnesses)
+    ]
+    return ("pass" if all(ok for ok, _, _ in rows) else "fail"), "; ".join(line for _, line, _ in rows)
+
+
 def numpy_results(*problems: Problem) -> list[CheckResult]:
     """The mean loss and its gradients against the plain-numpy twin: gradients in backward on the
     first problem, in the forward in three chunks on the others."""
@@ -102,22 +120,10 @@ def numpy_results(*problems: Problem) -> list[CheckResult]:
         mode = {"in_forward": False} if i == 0 else {"chunk_rows": n // 3 + 1}
         label = "in backward" if i == 0 else f"in forward, chunks of {n // 3 + 1}"
         for soft in (False, True):
-            case = loss_case(problem, "cpu", torch.float64, soft=soft, **mode)  # type: ignore[arg-type]
-            x, target, *params = case.inputs
-            value = case.fn(x, target, *params)
-            grads = torch.autograd.grad(value, [x, *params])  # type: ignore[arg-type]
-            y = problem.soft_target if soft else torch.nn.functional.one_hot(problem.target, params[2].shape[1])  # type: ignore[union-attr]
-            np_value, np_grads = reference.numpy_loss_and_gradients(
-                problem.x.numpy(), y.to(torch.float64).numpy(), *(p.numpy() for p in problem.params)
-            )
-            witnesses = [torch.tensor(np_value), *(torch.from_numpy(np_grads[k]) for k in ("x", *PARAMETER_NAMES))]
-            rows = [
-                compare(name, a, b, *case.tolerances(torch.float64))
-                for name, a, b in zip(
-                    ("value", "grad x", *(f"grad {k}" for k in PARAMETER_NAMES)), (value, *grads), witnesses
-                )
-            ]
-            status = "pass" if all(ok for ok, _, _ in rows) else "fail"
-            message = "; ".join(line for _, line, _ in rows)
-            results.append(CheckResult("numpy", status, message, f"{'soft' if soft else 'loss'} N={n} {label}"))
+            case_label = f"{'soft' if soft else 'loss'} N={n} {label}"
+            try:
+                status, message = _against_numpy(problem, soft, mode)
+            except Exception as error:  # a Function that raises is a failing line, not a crash
+                status, message = "fail", exception_message(error)
+            results.append(CheckResult("numpy", status, message, case_label))
     return results

@@ -15,7 +15,7 @@ RTOL = {torch.float64: 1e-7, torch.float32: 1e-5, torch.bfloat16: 4e-2, torch.fl
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-7, torch.bfloat16: 1e-3, torch.float16: 1e-4}
 
 
-MAX_PARTS = 6  # comparisons listed one by one in a message; beyond, the failing ones or the worst
+MAX_PARTS = 8  # comparisons listed one by one in a message; beyond, the failing ones or the worst
 
 
 class Skip(Exception):
@@ -129,9 +129,11 @@ def compare_all(
     names: Sequence[str],
     case: Case,
     tolerance: tuple[float, float] | None = None,
+    max_parts: int = MAX_PARTS,
 ) -> tuple[bool, str]:
     """Compare tensors pairwise (None as zeros) within ``tolerance`` (rtol, atol), by default
-    the case's for the expected tensor's dtype; one message part per pair."""
+    the case's for the expected tensor's dtype; one message part per pair, or beyond
+    ``max_parts`` pairs the failing ones (at most max_parts) or else the worst."""
     rows = []  # (passed, relative error, line)
     for name, a, b in zip(names, actual, expected):
         if a is None and b is None:
@@ -142,11 +144,11 @@ def compare_all(
         passed, line, rel = compare(f"{what} {name}".strip(), a, b, rtol, atol)
         rows.append((passed, rel, line + ("" if passed else f" > tolerance (rtol {rtol:.0e})")))
     ok = all(passed for passed, _, _ in rows)
-    if len(rows) <= MAX_PARTS:
+    if len(rows) <= max_parts:
         return ok, "; ".join(line for _, _, line in rows)
     failing = [line for passed, _, line in rows if not passed]
     worst = max(rows, key=lambda row: row[1])[2]
-    shown = failing[:MAX_PARTS] if failing else [worst]
+    shown = failing[:max_parts] if failing else [worst]
     return ok, f"{len(rows) - len(failing)} of {len(rows)} within tolerance; " + (
         "worst: " if not failing else ""
     ) + "; ".join(shown)

@@ -55,11 +55,13 @@ def check_values(case: Case) -> tuple[bool, str]:
 
 
 def check_gradients(case: Case) -> tuple[bool, str]:
-    """Gradients for random upstream gradients, against the reference's, per input."""
+    """Gradients for random upstream gradients, against the reference's, per input (and the
+    outputs computed with grad enabled, which may take another path than under no_grad)."""
     positions = require_gradients(case)
-    _, grads, upstream = run_with_gradients(case.fn, case, copy_inputs(case.inputs))
-    _, expected, _ = run_with_gradients(case.reference, case, copy_inputs(case.inputs), upstream)
-    return compare_all("grad", grads, expected, input_names(case, positions), case)
+    outs, grads, upstream = run_with_gradients(case.fn, case, copy_inputs(case.inputs))
+    expected_outs, expected, _ = run_with_gradients(case.reference, case, copy_inputs(case.inputs), upstream)
+    names = [*output_names(len(expected_outs)), *(f"grad {n}" for n in input_names(case, positions))]
+    return compare_all("", [*outs, *grads], [*expected_outs, *expected], names, case)
 
 
 def as_float64(case: Case) -> tuple[object, ...]:

@@ -67,7 +67,7 @@ def check_vmap(case: Case) -> tuple[bool, str]:
             expected += outputs(reference_one(*sample(inputs, batched, case.batch_dim, n)))  # type: ignore[arg-type]
         actual += [m[n] for m in mapped]
     names = [f"sample {n} {o}" for n in range(len(actual) // len(mapped)) for o in output_names(len(mapped))]
-    return compare_all("vmap", actual, expected, names, case)
+    return compare_all("vmap", actual, expected, names, case, max_parts=3)
 
 
 def check_per_sample_grad(case: Case) -> tuple[bool, str]:
@@ -97,7 +97,7 @@ def check_per_sample_grad(case: Case) -> tuple[bool, str]:
         expected += torch.autograd.grad(reference_objective(*args), leaves, allow_unused=True, materialize_grads=True)
         actual += [g[n] for g in per_sample]
         names += [f"sample {n} {name}" for name in input_names(case, positions)]
-    return compare_all("grad", actual, expected, names, case)
+    return compare_all("grad", actual, expected, names, case, max_parts=3)
 
 
 def check_compile(case: Case) -> tuple[bool, str]:
