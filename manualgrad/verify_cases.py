@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,17 +75,17 @@ def loss_case(
     if chunk_rows is not None:
         in_forward = True
 
-    def manual(x: Tensor, target: Tensor, *params: Tensor) -> Tensor:
+    def manual(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
         mode = (
             contextlib.nullcontext()
             if in_forward is None
             else functional.loss_gradients_in_forward(in_forward, chunk_rows)
         )
         with mode:
-            return functional.two_layer_net_loss(x, target, *params, reduction=reduction)
+            return functional.two_layer_net_loss(x, target, W1, b1, W2, b2, reduction=reduction)
 
-    def twin(x: Tensor, target: Tensor, *params: Tensor) -> Tensor:
-        return reference.loss(x, target, *params, reduction=reduction)
+    def twin(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
+        return reference.loss(x, target, W1, b1, W2, b2, reduction=reduction)
 
     target = (
         _leaf(problem.soft_target, device, dtype, target_grad) if soft else _leaf(problem.target, device, dtype, False)
@@ -94,7 +95,7 @@ def loss_case(
     return Case(manual, twin, inputs, batch_dim=batch_dim, names=("x", "target", *PARAMETER_NAMES))
 
 
-def _against_numpy(problem: Problem, soft: bool, mode: dict[str, object]) -> tuple[str, str]:
+def _against_numpy(problem: Problem, soft: bool, mode: dict[str, Any]) -> tuple[str, str]:
     case = loss_case(problem, "cpu", torch.float64, soft=soft, **mode)  # type: ignore[arg-type]
     x, target, *params = case.inputs
     value = case.fn(x, target, *params)
@@ -117,7 +118,7 @@ def numpy_results(*problems: Problem) -> list[CheckResult]:
     results = []
     for i, problem in enumerate(problems):
         n = problem.x.shape[0]
-        mode = {"in_forward": False} if i == 0 else {"chunk_rows": n // 3 + 1}
+        mode: dict[str, Any] = {"in_forward": False} if i == 0 else {"chunk_rows": n // 3 + 1}
         label = "in backward" if i == 0 else f"in forward, chunks of {n // 3 + 1}"
         for soft in (False, True):
             case_label = f"{'soft' if soft else 'loss'} N={n} {label}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,9 +27,9 @@ class Skip(Exception):
 class Case:
     """A function, its reference and example inputs, as every check sees them."""
 
-    fn: Callable[..., object]
-    reference: Callable[..., object]
-    inputs: tuple[object, ...]
+    fn: Callable[..., Any]
+    reference: Callable[..., Any]
+    inputs: tuple[Any, ...]
     batch_dim: int | None = 0
     atol: float | None = None
     rtol: float | None = None
@@ -58,11 +59,10 @@ class Case:
     @property
     def batched(self) -> list[bool]:
         """Which inputs carry the batch: tensors whose size along batch_dim is the first input's."""
-        n = self.batch_size
-        return [
-            isinstance(t, Tensor) and n is not None and t.dim() > self.batch_dim and t.shape[self.batch_dim] == n  # type: ignore[operator]
-            for t in self.inputs
-        ]
+        n, dim = self.batch_size, self.batch_dim
+        if n is None or dim is None:
+            return [False] * len(self.inputs)
+        return [isinstance(t, Tensor) and t.dim() > dim and t.shape[dim] == n for t in self.inputs]
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
@@ -70,7 +70,7 @@ class Case:
 
 def copy_inputs(
     inputs: Sequence[object], dtype: torch.dtype | None = None, device: str | torch.device | None = None
-) -> tuple[object, ...]:
+) -> tuple[Any, ...]:
     """Fresh leaves: detached copies (floating ones cast to ``dtype``), requires_grad as given."""
     out = []
     for t in inputs:

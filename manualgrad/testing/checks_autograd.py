@@ -6,6 +6,8 @@ or raises :class:`~manualgrad.testing.case.Skip`; any other exception is the che
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
@@ -64,7 +66,7 @@ def check_gradients(case: Case) -> tuple[bool, str]:
     return compare_all("", [*outs, *grads], [*expected_outs, *expected], names, case)
 
 
-def as_float64(case: Case) -> tuple[object, ...]:
+def as_float64(case: Case) -> tuple[Any, ...]:
     return copy_inputs(case.inputs, dtype=torch.float64)
 
 

@@ -7,6 +7,8 @@ raises Skip.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -61,10 +63,12 @@ def check_vmap(case: Case) -> tuple[bool, str]:
     inputs = [t.detach() if isinstance(t, Tensor) else t for t in case.inputs]
     mapped = outputs(torch.func.vmap(one, in_dims=in_dims)(*inputs))
     reference_one, _ = one_sample_function(case.reference, case, batched)
-    actual, expected = [], []
-    for n in range(min(case.batch_size, PER_SAMPLE_LIMIT)):  # type: ignore[arg-type]
+    actual: list[Tensor] = []
+    expected: list[Tensor] = []
+    dim = case.batch_dim or 0
+    for n in range(min(case.batch_size or 0, PER_SAMPLE_LIMIT)):
         with torch.no_grad():
-            expected += outputs(reference_one(*sample(inputs, batched, case.batch_dim, n)))  # type: ignore[arg-type]
+            expected += outputs(reference_one(*sample(inputs, batched, dim, n)))
         actual += [m[n] for m in mapped]
     names = [f"sample {n} {o}" for n in range(len(actual) // len(mapped)) for o in output_names(len(mapped))]
     return compare_all("vmap", actual, expected, names, case, max_parts=3)
@@ -74,7 +78,7 @@ def check_per_sample_grad(case: Case) -> tuple[bool, str]:
     """vmap(grad(...)) per-sample gradients, against autograd on the reference one sample at a time."""
     positions = require_gradients(case)
     batched = require_batch(case)
-    dim = case.batch_dim
+    dim = case.batch_dim or 0
     generator = case.generator()
     inputs = [t.detach() if isinstance(t, Tensor) else t for t in case.inputs]
     with torch.no_grad():
@@ -90,10 +94,12 @@ def check_per_sample_grad(case: Case) -> tuple[bool, str]:
     manual_objective, in_dims = objective(case.fn)
     per_sample = torch.func.vmap(torch.func.grad(manual_objective, argnums=tuple(positions)), in_dims=in_dims)(*inputs)
     reference_objective, _ = objective(case.reference)
-    actual, expected, names = [], [], []
-    for n in range(min(case.batch_size, PER_SAMPLE_LIMIT)):  # type: ignore[arg-type]
-        args = sample(inputs, batched, dim, n)  # type: ignore[arg-type]
-        leaves = [args[i].requires_grad_() for i in positions]  # type: ignore[union-attr]
+    actual: list[Tensor] = []
+    expected: list[Tensor] = []
+    names: list[str] = []
+    for n in range(min(case.batch_size or 0, PER_SAMPLE_LIMIT)):
+        args: list[Any] = sample(inputs, batched, dim, n)
+        leaves = [args[i].requires_grad_() for i in positions]
         expected += torch.autograd.grad(reference_objective(*args), leaves, allow_unused=True, materialize_grads=True)
         actual += [g[n] for g in per_sample]
         names += [f"sample {n} {name}" for name in input_names(case, positions)]
@@ -195,7 +201,7 @@ def run_autocast(fn, case: Case, device: str, dtype: torch.dtype, upstream=None)
     if upstream is None:
         generator = case.generator()
         upstream = [random_like(o, generator) for o in outs]
-    grads = ()
+    grads: tuple[Tensor, ...] = ()
     if case.differentiable:  # backward outside autocast, as the AMP recipe does
         leaves = [inputs[i] for i in case.differentiable]
         grads = torch.autograd.grad(outs, leaves, [u.to(o.dtype) for u, o in zip(upstream, outs)], allow_unused=True)
