@@ -1,4 +1,4 @@
-"""Command line: ``python -m manualgrad {verify,train,bench}`` (also the ``manualgrad`` script)."""
+"""Command line: ``python -m manualgrad {verify,check,train,bench}`` (also the ``manualgrad`` script)."""
 
 from __future__ import annotations
 
@@ -80,23 +80,37 @@ def _run_verify(args: argparse.Namespace) -> int:
         args.seed,
         gradcheck=not args.no_gradcheck,
         conformance=not args.no_conformance,
+        progress=verify_lib.progress_printer(tables=not args.json),
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(verify_lib.format_report(report))
-        print(f"({time.perf_counter() - start:.1f} s)")
+        print(f"verify: {report.summary()} ({time.perf_counter() - start:.1f} s)")
     return 0 if report.passed else 1
 
 
+def _add_check_parser(commands: argparse._SubParsersAction[SubcommandParser]) -> None:
+    from .testing import command
+
+    parser = commands.add_parser(
+        "check",
+        help="check your own autograd.Function against a reference (manualgrad.testing)",
+        description="Run manualgrad.testing.check_function on FILE's function, reference and inputs. "
+        "Exits 0 when every check passes or skips, 1 when one fails, 2 on bad usage.",
+    )
+    command.add_arguments(parser)
+    parser.set_defaults(run=command.run)
+
+
 def build_parser() -> Parser:
-    """The ``manualgrad`` parser: ``verify``, ``train`` and ``bench`` as argparse subcommands."""
+    """The ``manualgrad`` parser: ``verify``, ``check``, ``train`` and ``bench`` as argparse subcommands."""
     parser = Parser(prog="manualgrad", description="A two-layer network with hand-derived gradients.")
     parser.add_argument("--version", action="version", version=f"manualgrad {__version__} (torch {torch.__version__})")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{verify,train,bench}", parser_class=SubcommandParser
+        dest="command", required=True, metavar="{verify,check,train,bench}", parser_class=SubcommandParser
     )
     _add_verify_parser(commands)
+    _add_check_parser(commands)
     train.add_arguments(
         commands.add_parser(
             "train", help="train on two moons, manual and autograd in lockstep", description=train.DESCRIPTION

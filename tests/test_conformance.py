@@ -1,9 +1,5 @@
-"""PyTorch conformance: every mechanism PyTorch offers, on every path, against the autograd twin.
-
-The checks themselves live in manualgrad.conformance (``python -m manualgrad verify`` prints
-them as a matrix); here each runs as a test, per path and device, with negative controls
-showing that the checks fail when the mechanism is broken.
-"""
+"""manualgrad's own Functions through the manualgrad.testing engine, and the module-level checks
+of manualgrad.conformance, each with negative controls showing the checks catch a broken mechanism."""
 
 from __future__ import annotations
 
@@ -14,19 +10,35 @@ import pytest
 import torch
 from conftest import DEVICES
 
-from manualgrad import TwoLayerNet, autograd, conformance, functional
+from manualgrad import TwoLayerNet, autograd, conformance, functional, modes, verify
+from manualgrad.testing import CHECK_NAMES, run_checks
+from manualgrad.verify_cases import Problem
 
-IN_PROCESS_CHECKS = [name for name in conformance.CHECKS if not name.startswith("DDP")]
+PROBLEM = Problem.make(8, 16, 0, out_features=3)
+PATHS = ("probs", "logits", "loss mean", "soft mean")
+ENGINE_CHECKS = [name for name in CHECK_NAMES if name not in ("cuda",)]
+
+
+def manualgrad_case(path: str, device: str = "cpu"):
+    return dict(verify.every_path(PROBLEM, device, torch.float64))[path]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", PATHS)
+def test_manualgrad_functions_pass_every_engine_check(path, device):
+    results = run_checks(manualgrad_case(path, device), ENGINE_CHECKS)
+    failing = [f"{r.name}: {r.message}" for r in results if r.status != "pass"]
+    assert not failing, failing
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("path", conformance.PATHS)
-@pytest.mark.parametrize("check", IN_PROCESS_CHECKS)
-def test_conformance_check(check, path, device):
+@pytest.mark.parametrize("check", ["autocast_policy", "module_contracts"])
+def test_module_check(check, path, device):
     conformance.CHECKS[check](path, device)
 
 
-def test_ddp_gloo_two_processes_matches_single_process():
+def test_ddp_gloo_two_processes_matches_the_twin():
     """DDP with gloo, 2 local processes on loopback, bounded in time by a subprocess timeout."""
     code = (
         "from manualgrad import conformance\n"
@@ -58,51 +70,48 @@ def test_compiled_functions_have_no_jvp_and_eager_ones_do():
         assert eager.jvp is not torch.autograd.Function.jvp
 
 
-def test_autocast_returns_parameter_dtype_and_float32_math():
-    """The documented precision policy: under autocast manualgrad computes in the parameters' dtype."""
-    torch.manual_seed(0)
-    model = TwoLayerNet(2, 16, 2)
-    x = torch.randn(4, 2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x.bfloat16())
-        loss = model.loss(x.bfloat16(), torch.tensor([0, 1, 1, 0]))
-    assert out.dtype == torch.float32 and loss.dtype == torch.float32
-    torch.testing.assert_close(out, model(x.bfloat16().float()))
-    xb = x.bfloat16().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        model.loss(xb, torch.tensor([0, 1, 1, 0])).backward()
-    assert xb.grad.dtype == torch.bfloat16 and model.W1.grad.dtype == torch.float32
-
-
 # ---------------------------------------------------------------------------------------
-# Negative controls: the conformance checks catch a broken mechanism.
+# Negative controls: the checks catch a broken mechanism, by name.
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", conformance.PATHS)
+def statuses(path, checks):
+    return {r.name: r.status for r in run_checks(manualgrad_case(path), checks)}
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_negative_control_saved_intermediates_break_double_backward(monkeypatch, path):
     """pytorch issue 58509: a backward that uses saved a1/y_hat (no history) under create_graph is
-    silently wrong. Turning off the recomputation must make the double-backward check fail."""
+    silently wrong. Turning off the recomputation must fail the Hessian-vector products."""
     monkeypatch.setattr(autograd, "backward_is_differentiated", lambda: False)
-    with pytest.raises(Exception, match="gradgradcheck|Hessian|Jacobian mismatch"):
-        conformance.check_double_backward(path, "cpu")
+    assert statuses(path, ["gradients", "hvp"]) == {"gradients": "pass", "hvp": "fail"}
 
 
-def test_negative_control_missing_jvp_is_caught(monkeypatch):
-    monkeypatch.setattr(functional, "ProbsFunction", functional.ProbsFunctionNoJvp)
-    with pytest.raises(Exception, match="jvp"):
-        conformance.check_forward_ad("probs", "cpu")
-
-
-def test_negative_control_wrong_jvp_is_caught(monkeypatch):
+def test_negative_control_missing_and_wrong_jvp_are_caught(monkeypatch):
     original = autograd.softmax_jvp
     monkeypatch.setattr(autograd, "softmax_jvp", lambda tz2, y_hat: 2 * original(tz2, y_hat))
-    with pytest.raises(Exception, match="Jacobian mismatch|forward"):
-        conformance.check_forward_ad("probs", "cpu")
+    assert statuses("probs", ["forward_ad"]) == {"forward_ad": "fail"}
+    monkeypatch.setattr(functional, "ProbsFunction", functional.ProbsFunctionNoJvp)
+    result = run_checks(manualgrad_case("probs"), ["forward_ad"])[0]
+    assert result.status == "fail" and "jvp" in result.message
 
 
-def test_negative_control_conformance_matrix_reports_failures(monkeypatch):
-    monkeypatch.setattr(autograd, "backward_is_differentiated", lambda: False)
-    cells = conformance.conformance_matrix(["cpu"], paths=["probs"], checks=["double backward, HVP", "autocast"])
-    statuses = {check: status for check, _, _, status, _ in cells}
-    assert statuses == {"double backward, HVP": "fail", "autocast": "pass"}
+def test_negative_control_a_batch_size_branch_under_compile_is_caught(monkeypatch):
+    """A size-tuned branch taken under torch.compile recompiles for a new batch size and breaks export."""
+    monkeypatch.setattr(modes, "column_major_pays", lambda W2, rows: rows >= 10)
+    assert statuses("logits", ["compile_dynamic", "export"]) == {"compile_dynamic": "fail", "export": "fail"}
+
+
+def test_negative_control_autocast_policy_catches_bfloat16_math(monkeypatch):
+    """With the precision policy off, manualgrad's ops see autocast's bfloat16: the policy check fails."""
+    for module in (functional, modes):
+        monkeypatch.setattr(module, "autocast_enabled", lambda device_type: False)
+    with pytest.raises((AssertionError, RuntimeError), match="autocast|dtype"):
+        conformance.check_autocast_policy("logits", "cpu")
+
+
+def test_module_results_report_failures_as_results(monkeypatch):
+    for module in (functional, modes):
+        monkeypatch.setattr(module, "autocast_enabled", lambda device_type: False)
+    results = conformance.results(["cpu"], paths=["logits"], checks=["autocast_policy", "module_contracts"])
+    assert {r.name: r.status for r in results} == {"autocast_policy": "fail", "module_contracts": "pass"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -221,52 +220,7 @@ def test_public_api_names():
 # ---------------------------------------------------------------------------------------
 
 
-def test_verify_library_passes_and_covers_every_path_and_gradient():
-    report = verify.verify(["cpu"], [torch.float64, torch.float32], batch=8, hidden=16)
-    assert report.passed, verify.format_report(report)
-    seen = {(c.dtype, c.path, c.quantity) for c in report.comparisons if c.section == "autograd"}
-    for dtype in ("float64", "float32"):
-        for path in verify.PATHS:
-            for quantity in ("value", *verify.GRADIENT_NAMES):
-                assert (dtype, path, quantity) in seen
-    assert {c.path for c in report.checks if c.check == "gradcheck"} == set(verify.PATHS)
-    assert any(c.section == "numpy" for c in report.comparisons)
-
-
-def test_verify_command_prints_table_and_exits_zero():
-    result = subprocess.run(
-        [sys.executable, "-m", "manualgrad", "verify", "--batch", "8", "--hidden", "16"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "max abs err" in result.stdout and "gradcheck" in result.stdout
-    assert "0 failed" in result.stdout
-
-
-def test_verify_command_json():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "manualgrad",
-            "verify",
-            "--json",
-            "--device",
-            "cpu",
-            "--dtype",
-            "float32",
-            "--no-gradcheck",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
-    assert data["passed"] is True and data["settings"]["dtypes"] == ["float32"]
-    assert all(row["passed"] for row in data["comparisons"])
+# verify's coverage, report, progress and --json: tests/test_verify.py
 
 
 def test_verify_command_rejects_bad_options():
