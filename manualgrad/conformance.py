@@ -38,15 +38,25 @@ from .testing.engine import exception_message
 PATHS = ("probs", "logits", "loss")
 
 
-def assert_all_close(a, b, what: str, rtol: float = 1e-7, atol: float = 1e-7) -> None:
+def assert_all_close(a: object, b: object, what: str, rtol: float = 1e-7, atol: float = 1e-7) -> None:
     """torch.testing.assert_close over (nested) tuples, naming the failing element."""
     if isinstance(a, (tuple, list)):
+        if not isinstance(b, (tuple, list)):
+            raise AssertionError(f"{what}: {len(a)} results against a {type(b).__name__}")
         if len(a) != len(b):
             raise AssertionError(f"{what}: {len(a)} results against {len(b)}")
         for i, (u, v) in enumerate(zip(a, b)):
             assert_all_close(u, v, f"{what}[{i}]", rtol, atol)
         return
     torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def parameter_grads(model: torch.nn.Module) -> list[Tensor]:
+    """Copies of the parameters' gradients; AssertionError naming a parameter that got none."""
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    if missing:
+        raise AssertionError(f"no gradient for {', '.join(missing)}")
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
 
 def twin_path(model: TwoLayerNet, path: str, x: Tensor, target: Tensor) -> Tensor:
@@ -65,12 +75,14 @@ def check_autocast_policy(path: str, device: str) -> None:
     target = torch.randint(0, 3, (16,), device=device)
     weights = torch.randn(16, 3, device=device)
 
-    def run(forward, autocast_dtype):
+    def run(
+        forward: Callable[[TwoLayerNet, str, Tensor, Tensor], Tensor], autocast_dtype: torch.dtype | None
+    ) -> tuple[Tensor, list[Tensor]]:
         model.zero_grad()
         with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = forward(model, path, x, target)
         (out if path == "loss" else (out.float() * weights).sum()).backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()]
+        return out.detach(), parameter_grads(model)
 
     twin_out, twin_grads = run(twin_path, None)
     for dtype in [torch.bfloat16] if device == "cpu" else [torch.float16, torch.bfloat16]:
@@ -138,7 +150,8 @@ def check_module_contracts(path: str, device: str) -> None:
     accumulated, whole = copy.deepcopy(model), copy.deepcopy(model)
     for half in halves:
         _weighted_sum(run_path(accumulated, path, x[half], target[half]), path).backward()
-    sum(_weighted_sum(run_path(whole, path, x[h], target[h]), path) for h in halves).backward()
+    first, second = (_weighted_sum(run_path(whole, path, x[h], target[h]), path) for h in halves)
+    (first + second).backward()
     assert_all_close(
         [p.grad for p in accumulated.parameters()], [p.grad for p in whole.parameters()], "accumulation", 1e-5, 1e-6
     )
@@ -177,10 +190,11 @@ def check_module_contracts(path: str, device: str) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def training_objective(model: torch.nn.Module, path: str, x: Tensor, target: Tensor) -> Tensor:
+def training_objective(model: TwoLayerNet, path: str, x: Tensor, target: Tensor) -> Tensor:
     """What a user trains: the loss, or cross-entropy of the probs or logits path."""
     if path == "loss":
-        return model(x, target)  # TwoLayerNet.forward(x, target) returns the loss: DDP only sees forward
+        loss: Tensor = model(x, target)  # TwoLayerNet.forward(x, target) returns the loss: DDP only sees forward
+        return loss
     out = model.logits(x) if path == "logits" else model(x).log()
     return F.cross_entropy(out, target)
 
@@ -220,7 +234,7 @@ def _ddp_rank_gradients(path: str, rank: int) -> list[Tensor]:
     rows = slice(rank * 4, rank * 4 + 4)
     wrapped = DistributedDataParallel(model if path == "loss" else _Objective(model, path))
     wrapped(x[rows], target[rows]).backward()
-    return [p.grad.detach().clone() for p in model.parameters()]
+    return parameter_grads(model)
 
 
 def _ddp_worker(rank: int, world_size: int, folder: str) -> None:
@@ -248,11 +262,12 @@ def _ddp_worker(rank: int, world_size: int, folder: str) -> None:
 @functools.lru_cache(maxsize=1)
 def ddp_gradients() -> dict[str, list[Tensor]]:
     """Gradients on rank 0 after DDP training of every path, 2 gloo processes on loopback (one launch)."""
-    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import start_processes
 
     with tempfile.TemporaryDirectory() as folder:
-        mp.start_processes(_ddp_worker, args=(2, folder), nprocs=2, start_method="spawn")
-        return torch.load(os.path.join(folder, "grads.pt"), weights_only=True)
+        start_processes(_ddp_worker, args=(2, folder), nprocs=2, start_method="spawn")
+        gradients: dict[str, list[Tensor]] = torch.load(os.path.join(folder, "grads.pt"), weights_only=True)
+        return gradients
 
 
 def check_ddp(path: str, device: str) -> None:

@@ -96,10 +96,10 @@ def loss_case(
 
 
 def _against_numpy(problem: Problem, soft: bool, mode: dict[str, Any]) -> tuple[str, str]:
-    case = loss_case(problem, "cpu", torch.float64, soft=soft, **mode)  # type: ignore[arg-type]
+    case = loss_case(problem, "cpu", torch.float64, soft=soft, **mode)
     x, target, *params = case.inputs
     value = case.fn(x, target, *params)
-    grads = torch.autograd.grad(value, [x, *params])  # type: ignore[arg-type]
+    grads = torch.autograd.grad(value, [x, *params])
     y = problem.soft_target if soft else torch.nn.functional.one_hot(problem.target, problem.params[2].shape[1])
     np_value, np_grads = reference.numpy_loss_and_gradients(
         problem.x.numpy(), y.to(torch.float64).numpy(), *(p.numpy() for p in problem.params)
