@@ -14,7 +14,9 @@ from .case import Case, Skip
 from .report import CheckResult, Report
 
 CheckFn = Callable[[Case], tuple[bool, str]]
+"""A check: ``check(case) -> (passed, message)``, or raises :class:`~manualgrad.testing.Skip`."""
 
+# name -> check, in the order they run and print (documented in manualgrad.testing's __init__).
 CHECKS: dict[str, CheckFn] = {
     "values": ad.check_values,
     "gradients": ad.check_gradients,
@@ -33,20 +35,7 @@ CHECKS: dict[str, CheckFn] = {
     "cuda": tf.check_cuda,
     "grad_output_unmodified": ad.check_grad_output_unmodified,
 }
-"""Every check by name, in the order they run and print: ``check(case) -> (passed, message)``.
-
-A check raises :class:`~manualgrad.testing.Skip` when it does not apply to the case (no input
-requires grad, no batch dimension, no CUDA device); any other exception is its failure.
-The names are stable: ``checks=`` selects them, reports and ``--checks`` use them.
-"""
 CHECK_NAMES: tuple[str, ...] = tuple(CHECKS)
-"""The names of :data:`CHECKS`, in the order they run.
-
-Example:
-    >>> from manualgrad.testing import CHECK_NAMES
-    >>> CHECK_NAMES[:4]
-    ('values', 'gradients', 'gradcheck', 'gradgradcheck')
-"""
 MESSAGE_LINES, MESSAGE_CHARS = 3, 400
 
 
