@@ -35,7 +35,10 @@ from .module import TwoLayerNet
 from .testing import CheckResult, Skip
 from .testing.engine import exception_message
 
+__all__ = ["CHECKS", "PATHS", "check_autocast_policy", "check_ddp", "check_module_contracts", "results"]
+
 PATHS = ("probs", "logits", "loss")
+"""manualgrad's entry points, as the checks name them: ``TwoLayerNet.__call__``, ``.logits``, ``.loss``."""
 
 
 def assert_all_close(a: object, b: object, what: str, rtol: float = 1e-7, atol: float = 1e-7) -> None:
@@ -68,7 +71,17 @@ def twin_path(model: TwoLayerNet, path: str, x: Tensor, target: Tensor) -> Tenso
 
 
 def check_autocast_policy(path: str, device: str) -> None:
-    """Under autocast, output and gradients equal the twin's float32 computation (float32 tolerance)."""
+    """Under autocast, output and gradients equal the twin's float32 computation (float32 tolerance).
+
+    Autocast CPU bfloat16 (CUDA: float16 and bfloat16) around a 2-32-3 :class:`TwoLayerNet`.
+
+    Args:
+        path: one of :data:`PATHS`.
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        AssertionError: an output that is not float32, or values or gradients off the twin's.
+    """
     torch.manual_seed(0)
     model = TwoLayerNet(2, 32, 3, device=device)
     x = torch.randn(16, 2, device=device)
@@ -117,7 +130,15 @@ def _weighted_sum(out: Tensor, path: str) -> Tensor:
 
 
 def check_module_contracts(path: str, device: str) -> None:
-    """state_dict, deepcopy, torch.save/load, .to(), .double(), optimizers, accumulation, no_grad."""
+    """state_dict, deepcopy, torch.save/load, .to(), .double(), optimizers, accumulation, no_grad.
+
+    Args:
+        path: one of :data:`PATHS`.
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        AssertionError: the first contract broken, named in the message.
+    """
     torch.manual_seed(0)
     model = TwoLayerNet(2, 16, 3, device=device)
     x = torch.randn(8, 2, device=device)
@@ -272,7 +293,19 @@ def ddp_gradients() -> dict[str, list[Tensor]]:
 
 def check_ddp(path: str, device: str) -> None:
     """DDP (gloo, 2 processes on loopback): all-reduced gradients equal the single-process
-    gradients of the concatenated batch."""
+    gradients of the concatenated batch.
+
+    The two processes start once per Python process (spawn, a few seconds) and train every
+    path; later calls reuse their gradients.
+
+    Args:
+        path: one of :data:`PATHS`.
+        device: ``"cpu"`` (the only device the check runs on).
+
+    Raises:
+        Skip: another device, or no gloo backend in this build of torch.
+        AssertionError: gradients off the twin's.
+    """
     if device != "cpu":
         raise Skip("the DDP check runs gloo on the CPU")
     import torch.distributed as dist
@@ -290,12 +323,33 @@ CHECKS: dict[str, Callable[[str, str], None]] = {
     "module_contracts": check_module_contracts,
     "ddp": check_ddp,
 }
+"""The module-level checks by name: ``check(path, device)`` returns None or raises."""
 
 
 def results(
     devices: Sequence[str] = ("cpu",), paths: Sequence[str] = PATHS, checks: Sequence[str] | None = None
 ) -> list[CheckResult]:
-    """Every check on every path and device; a failing check is a result, not a crash."""
+    """Every check on every path and device; a failing check is a result, not a crash.
+
+    Args:
+        devices: devices to run on.
+        paths: entry points, from :data:`PATHS`.
+        checks: names from :data:`CHECKS` (default: all).
+
+    Returns:
+        One :class:`~manualgrad.testing.CheckResult` per check, device and path, its ``case``
+        ``"<path> <device>"``.
+
+    Raises:
+        KeyError: an unknown check name.
+
+    Example:
+        >>> from manualgrad import conformance
+        >>> for r in conformance.results(["cpu"], ["probs", "loss"], ["autocast_policy"]):
+        ...     print(r.case, r.name, r.status)
+        probs cpu autocast_policy pass
+        loss cpu autocast_policy pass
+    """
     out = []
     for name in checks or CHECKS:
         for device in devices:
