@@ -10,7 +10,7 @@ export, autocast against the twin, memory, CUDA) runs in :mod:`manualgrad.testin
 * ``module_contracts``: state_dict, deepcopy, torch.save/load, .to(), .double(), optimizers,
   gradient accumulation, no_grad and inference_mode;
 * ``ddp``: DistributedDataParallel (gloo, 2 processes) against the twin's gradients on the
-  concatenated batch.
+  concatenated batch (the processes and their gradients: :mod:`manualgrad.conformance_ddp`).
 
 A check raises an error on failure and :class:`manualgrad.testing.Skip` when it does not apply;
 :func:`results` runs them all.
@@ -19,11 +19,7 @@ A check raises an error on failure and :class:`manualgrad.testing.Skip` when it 
 from __future__ import annotations
 
 import copy
-import functools
 import io
-import os
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,18 +31,31 @@ from .module import TwoLayerNet
 from .testing import CheckResult, Skip
 from .testing.engine import exception_message
 
+__all__ = ["CHECKS", "PATHS", "check_autocast_policy", "check_ddp", "check_module_contracts", "results"]
+
 PATHS = ("probs", "logits", "loss")
+"""manualgrad's entry points, as the checks name them: ``TwoLayerNet.__call__``, ``.logits``, ``.loss``."""
 
 
-def assert_all_close(a, b, what: str, rtol: float = 1e-7, atol: float = 1e-7) -> None:
+def assert_all_close(a: object, b: object, what: str, rtol: float = 1e-7, atol: float = 1e-7) -> None:
     """torch.testing.assert_close over (nested) tuples, naming the failing element."""
     if isinstance(a, (tuple, list)):
+        if not isinstance(b, (tuple, list)):
+            raise AssertionError(f"{what}: {len(a)} results against a {type(b).__name__}")
         if len(a) != len(b):
             raise AssertionError(f"{what}: {len(a)} results against {len(b)}")
         for i, (u, v) in enumerate(zip(a, b)):
             assert_all_close(u, v, f"{what}[{i}]", rtol, atol)
         return
     torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def parameter_grads(model: torch.nn.Module) -> list[Tensor]:
+    """Copies of the parameters' gradients; AssertionError naming a parameter that got none."""
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    if missing:
+        raise AssertionError(f"no gradient for {', '.join(missing)}")
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
 
 def twin_path(model: TwoLayerNet, path: str, x: Tensor, target: Tensor) -> Tensor:
@@ -58,19 +67,31 @@ def twin_path(model: TwoLayerNet, path: str, x: Tensor, target: Tensor) -> Tenso
 
 
 def check_autocast_policy(path: str, device: str) -> None:
-    """Under autocast, output and gradients equal the twin's float32 computation (float32 tolerance)."""
+    """Under autocast, output and gradients equal the twin's float32 computation (float32 tolerance).
+
+    Autocast CPU bfloat16 (CUDA: float16 and bfloat16) around a 2-32-3 :class:`TwoLayerNet`.
+
+    Args:
+        path: one of :data:`PATHS`.
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        AssertionError: an output that is not float32, or values or gradients off the twin's.
+    """
     torch.manual_seed(0)
     model = TwoLayerNet(2, 32, 3, device=device)
     x = torch.randn(16, 2, device=device)
     target = torch.randint(0, 3, (16,), device=device)
     weights = torch.randn(16, 3, device=device)
 
-    def run(forward, autocast_dtype):
+    def run(
+        forward: Callable[[TwoLayerNet, str, Tensor, Tensor], Tensor], autocast_dtype: torch.dtype | None
+    ) -> tuple[Tensor, list[Tensor]]:
         model.zero_grad()
         with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = forward(model, path, x, target)
         (out if path == "loss" else (out.float() * weights).sum()).backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()]
+        return out.detach(), parameter_grads(model)
 
     twin_out, twin_grads = run(twin_path, None)
     for dtype in [torch.bfloat16] if device == "cpu" else [torch.float16, torch.bfloat16]:
@@ -105,7 +126,15 @@ def _weighted_sum(out: Tensor, path: str) -> Tensor:
 
 
 def check_module_contracts(path: str, device: str) -> None:
-    """state_dict, deepcopy, torch.save/load, .to(), .double(), optimizers, accumulation, no_grad."""
+    """state_dict, deepcopy, torch.save/load, .to(), .double(), optimizers, accumulation, no_grad.
+
+    Args:
+        path: one of :data:`PATHS`.
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        AssertionError: the first contract broken, named in the message.
+    """
     torch.manual_seed(0)
     model = TwoLayerNet(2, 16, 3, device=device)
     x = torch.randn(8, 2, device=device)
@@ -138,7 +167,8 @@ def check_module_contracts(path: str, device: str) -> None:
     accumulated, whole = copy.deepcopy(model), copy.deepcopy(model)
     for half in halves:
         _weighted_sum(run_path(accumulated, path, x[half], target[half]), path).backward()
-    sum(_weighted_sum(run_path(whole, path, x[h], target[h]), path) for h in halves).backward()
+    first, second = (_weighted_sum(run_path(whole, path, x[h], target[h]), path) for h in halves)
+    (first + second).backward()
     assert_all_close(
         [p.grad for p in accumulated.parameters()], [p.grad for p in whole.parameters()], "accumulation", 1e-5, 1e-6
     )
@@ -172,102 +202,39 @@ def check_module_contracts(path: str, device: str) -> None:
         assert_all_close(out, expected, f"{mode.__name__} value", 0, 0)
 
 
-# ----------------------------------------------------------------------------------------
-# DistributedDataParallel
-# ----------------------------------------------------------------------------------------
-
-
-def training_objective(model: torch.nn.Module, path: str, x: Tensor, target: Tensor) -> Tensor:
+def training_objective(model: TwoLayerNet, path: str, x: Tensor, target: Tensor) -> Tensor:
     """What a user trains: the loss, or cross-entropy of the probs or logits path."""
     if path == "loss":
-        return model(x, target)  # TwoLayerNet.forward(x, target) returns the loss: DDP only sees forward
+        loss: Tensor = model(x, target)  # TwoLayerNet.forward(x, target) returns the loss: DDP only sees forward
+        return loss
     out = model.logits(x) if path == "logits" else model(x).log()
     return F.cross_entropy(out, target)
 
 
-def twin_objective(model: TwoLayerNet, path: str, x: Tensor, target: Tensor) -> Tensor:
-    """training_objective with the native-autograd twin on the model's parameters."""
-    out = twin_path(model, path, x, target)
-    if path == "loss":
-        return out
-    return F.cross_entropy(out if path == "logits" else out.log(), target)
-
-
-class _Objective(torch.nn.Module):
-    """The probs or logits path and a loss in one forward, as DDP needs."""
-
-    def __init__(self, model: TwoLayerNet, path: str) -> None:
-        super().__init__()
-        self.model, self.path = model, path
-
-    def forward(self, x: Tensor, target: Tensor) -> Tensor:
-        return training_objective(self.model, self.path, x, target)
-
-
-def _ddp_data() -> tuple[TwoLayerNet, Tensor, Tensor]:
-    torch.manual_seed(0)
-    model = TwoLayerNet(2, 16, 3)
-    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
-    target = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(2))
-    return model, x, target
-
-
-def _ddp_rank_gradients(path: str, rank: int) -> list[Tensor]:
-    """One DDP step of ``path`` on this rank's 4 rows; the all-reduced parameter gradients."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    model, x, target = _ddp_data()
-    rows = slice(rank * 4, rank * 4 + 4)
-    wrapped = DistributedDataParallel(model if path == "loss" else _Objective(model, path))
-    wrapped(x[rows], target[rows]).backward()
-    return [p.grad.detach().clone() for p in model.parameters()]
-
-
-def _ddp_worker(rank: int, world_size: int, folder: str) -> None:
-    import torch.distributed as dist
-
-    # rendezvous through a file, not a TCP port chosen in advance (which another process may take
-    # before the workers bind it); gloo itself then connects the two ranks over loopback
-    if sys.platform.startswith("linux"):  # elsewhere gloo finds the interface from the host name
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    store = f"file://{os.path.join(folder, 'rendezvous')}"
-    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world_size)
-    try:
-        results = {path: _ddp_rank_gradients(path, rank) for path in PATHS}  # the DDP wrappers are gone
-        if rank == 0:
-            torch.save(results, os.path.join(folder, "grads.pt"))
-        dist.barrier()  # neither rank tears down while the other still talks
-    finally:
-        dist.destroy_process_group()
-    # Leave without interpreter finalisation: gloo's threads can still be winding down then, and
-    # their destructors abort the process now and then ("terminate called without an active
-    # exception", SIGABRT), failing a run whose gradients were already written.
-    os._exit(0)
-
-
-@functools.lru_cache(maxsize=1)
-def ddp_gradients() -> dict[str, list[Tensor]]:
-    """Gradients on rank 0 after DDP training of every path, 2 gloo processes on loopback (one launch)."""
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as folder:
-        mp.start_processes(_ddp_worker, args=(2, folder), nprocs=2, start_method="spawn")
-        return torch.load(os.path.join(folder, "grads.pt"), weights_only=True)
-
-
 def check_ddp(path: str, device: str) -> None:
     """DDP (gloo, 2 processes on loopback): all-reduced gradients equal the single-process
-    gradients of the concatenated batch."""
+    gradients of the concatenated batch.
+
+    The two processes start once per Python process (spawn, a few seconds) and train every
+    path; later calls reuse their gradients.
+
+    Args:
+        path: one of :data:`PATHS`.
+        device: ``"cpu"`` (the only device the check runs on).
+
+    Raises:
+        Skip: another device, or no gloo backend in this build of torch.
+        AssertionError: gradients off the twin's.
+    """
     if device != "cpu":
         raise Skip("the DDP check runs gloo on the CPU")
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
         raise Skip("torch.distributed with gloo is not available")
-    model, x, target = _ddp_data()
-    twin_objective(model, path, x, target).backward()  # the mean over 8 rows == the average of two means over 4
-    expected = [p.grad for p in model.parameters()]
-    assert_all_close(ddp_gradients()[path], expected, "DDP vs concatenated batch", 1e-5, 1e-6)
+    from .conformance_ddp import compare_ddp_with_twin  # imports this module: not at the top
+
+    compare_ddp_with_twin(path)
 
 
 CHECKS: dict[str, Callable[[str, str], None]] = {
@@ -275,12 +242,33 @@ CHECKS: dict[str, Callable[[str, str], None]] = {
     "module_contracts": check_module_contracts,
     "ddp": check_ddp,
 }
+"""The module-level checks by name: ``check(path, device)`` returns None or raises."""
 
 
 def results(
     devices: Sequence[str] = ("cpu",), paths: Sequence[str] = PATHS, checks: Sequence[str] | None = None
 ) -> list[CheckResult]:
-    """Every check on every path and device; a failing check is a result, not a crash."""
+    """Every check on every path and device; a failing check is a result, not a crash.
+
+    Args:
+        devices: devices to run on.
+        paths: entry points, from :data:`PATHS`.
+        checks: names from :data:`CHECKS` (default: all).
+
+    Returns:
+        One :class:`~manualgrad.testing.CheckResult` per check, device and path, its ``case``
+        ``"<path> <device>"``.
+
+    Raises:
+        KeyError: an unknown check name.
+
+    Example:
+        >>> from manualgrad import conformance
+        >>> for r in conformance.results(["cpu"], ["probs", "loss"], ["autocast_policy"]):
+        ...     print(r.case, r.name, r.status)
+        probs cpu autocast_policy pass
+        loss cpu autocast_policy pass
+    """
     out = []
     for name in checks or CHECKS:
         for device in devices:

@@ -151,7 +151,9 @@ def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tens
     return Logits.apply(x, W1, b1, W2, b2)
 
 
-def two_layer_net_loss(x, target, W1, b1, W2, b2, reduction: str = "mean") -> Tensor:
+def two_layer_net_loss(
+    x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str = "mean"
+) -> Tensor:
     """``F.cross_entropy(z2, target, reduction=...)``: target class indices (N,) or probabilities (N, C)."""
     check_shapes(x, W1, b1, W2, b2)
     N, C = x.shape[0], W2.shape[1]

@@ -21,21 +21,21 @@ manualgrad itself. Sections, printed as each finishes:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TextIO
 
 import torch
 
 from . import modes
-from .testing import Case, CheckResult, Report, run_checks
+from .testing import Case, CheckResult, run_checks
 from .testing.engine import exception_message
-from .testing.report import format_results
 from .verify_cases import Problem, loss_case, network_case, numpy_results
+from .verify_report import VerifyReport, format_report, progress_printer
+
+__all__ = ["DTYPES", "VerifyReport", "available_devices", "format_report", "progress_printer", "verify"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+"""The dtypes ``verify --dtype`` accepts, by name."""
 REDUCTIONS = ("mean", "sum", "none")
 GRADCHECK_SIZES = {"batch": 5, "hidden": 16, "classes": 3}
 MECHANISM_SIZES = {"batch": 8, "hidden": 16, "classes": 3}
@@ -45,24 +45,6 @@ MECHANISM_CHECKS = (
     "vmap", "per_sample_grad", "compile", "compile_dynamic", "export", "autocast",
     "non_contiguous", "saved_memory", "cuda", "grad_output_unmodified",
 )  # fmt: skip
-
-
-@dataclass
-class VerifyReport(Report):
-    """A Report whose results are grouped in sections, with the settings they ran with."""
-
-    settings: dict[str, object] = field(default_factory=dict)
-    sections: list[tuple[str, list[CheckResult], float]] = field(default_factory=list)
-
-    def add_section(self, title: str, results: list[CheckResult], seconds: float) -> None:
-        self.sections.append((title, results, seconds))
-        self.results.extend(results)
-
-    def to_dict(self) -> dict[str, object]:
-        data = super().to_dict()
-        data["settings"] = self.settings
-        data["sections"] = [{"title": t, "seconds": round(s, 2), "count": len(r)} for t, r, s in self.sections]
-        return data
 
 
 def every_path(problem: Problem, device: str, dtype: torch.dtype) -> list[tuple[str, Case]]:
@@ -139,7 +121,10 @@ def sections(
     real = Problem.make(modes.PRECOMPUTE_MIN_ROWS + 44, hidden, seed + 1)
     small = Problem.make(GRADCHECK_SIZES["batch"], GRADCHECK_SIZES["hidden"], seed, out_features=3)
     mech = Problem.make(MECHANISM_SIZES["batch"], MECHANISM_SIZES["hidden"], seed, out_features=3)
-    name = lambda d, t: f" {d} {str(t).removeprefix('torch.')}"  # noqa: E731
+
+    def name(device: str, dtype: torch.dtype) -> str:
+        return f" {device} {str(dtype).removeprefix('torch.')}"
+
     plan: list[tuple[str, Callable[[], list[CheckResult]]]] = [
         (
             f"manualgrad vs the native-autograd twin: values and gradients (N={batch}, H={hidden})",
@@ -171,11 +156,10 @@ def sections(
     if conformance:
         from . import conformance as module_checks
 
-        mechanisms = lambda d: [  # noqa: E731
-            (label, case)
-            for label, case in every_path(mech, d, torch.float64)
-            if label in ("probs", "logits", "loss mean", "soft mean")
-        ]
+        def mechanisms(device: str) -> list[tuple[str, Case]]:
+            paths = ("probs", "logits", "loss mean", "soft mean")
+            return [(label, case) for label, case in every_path(mech, device, torch.float64) if label in paths]
+
         plan.append(
             (
                 "PyTorch mechanisms vs the twin, float64 (N={batch}, H={hidden}, C={classes})".format(
@@ -198,9 +182,47 @@ def verify(
     conformance: bool = True,
     progress: Callable[[int, int, str, list[CheckResult] | None, float], None] | None = None,
 ) -> VerifyReport:
-    """Run every section (see the module docstring). ``progress(i, n, title, results, seconds)``
-    is called with i=0 and the report's title first, then before each section (results None)
-    and after it."""
+    """Check manualgrad's three entry points against its twins: what ``python -m manualgrad verify`` runs.
+
+    The sections are listed in the module docstring; every check compares manualgrad with the
+    native-autograd twin (:mod:`manualgrad.reference`) or the numpy twin, never with itself. A
+    failing check, or a section that raises, is a failing result, never an exception.
+
+    Args:
+        devices: devices to run on (see :func:`available_devices`).
+        dtypes: dtypes of the value and gradient sections (the others run in float64).
+        batch: rows N of the first section's problem (the real-size section has its own).
+        hidden: hidden units H of the first two sections.
+        seed: seed of the parameters, inputs and targets.
+        gradcheck: run the torch.autograd section (gradcheck, gradgradcheck, hvp, forward AD).
+        conformance: run the PyTorch-mechanisms section and the module-level checks
+            (autocast policy, module contracts, DDP); the slowest part.
+        progress: ``progress(i, n, title, results, seconds)``, called with i=0 and the report's
+            title first, then before each section (results None) and after it (its results
+            and seconds); :func:`progress_printer` makes one.
+
+    Returns:
+        A :class:`VerifyReport`; ``report.passed`` is False if any check failed.
+
+    Raises:
+        ValueError: ``batch`` or ``hidden`` below 1.
+
+    Example:
+        The quick sections only (values, gradients, the numpy twin), in float64:
+
+        >>> import torch
+        >>> from manualgrad.verify import verify
+        >>> report = verify(dtypes=[torch.float64], batch=4, hidden=3, gradcheck=False, conformance=False)
+        >>> report.passed
+        True
+        >>> for title, results, seconds in report.sections:
+        ...     print(title)
+        manualgrad vs the native-autograd twin: values and gradients (N=4, H=3)
+        gradients in the forward at real sizes (N=300, H=3), vs the twin
+        manualgrad vs the plain-numpy twin (float64, mean loss)
+        >>> report.status_of("numpy")
+        'pass'
+    """
     if batch < 1 or hidden < 1:
         raise ValueError(f"batch and hidden must be positive, got batch={batch}, hidden={hidden}")
     dtypes = list(dtypes)
@@ -237,47 +259,23 @@ def _title(s: dict[str, object]) -> str:
     )
 
 
-def format_section(title: str, results: list[CheckResult], seconds: float | None = None) -> str:
-    summary = Report(results).summary() + (f", {seconds:.1f} s" if seconds is not None else "")
-    return "\n".join([f"{title}: {summary}", *("  " + line for line in format_results(results)), ""])
-
-
-def format_report(report: VerifyReport) -> str:
-    """The whole report, as printed by ``python -m manualgrad verify``."""
-    lines = [report.title, ""]
-    lines += [format_section(t, r, s) for t, r, s in report.sections]
-    lines.append(f"verify: {report.summary()}")
-    return "\n".join(lines)
-
-
-def progress_printer(tables: bool = True, stream: TextIO | None = None) -> Callable[..., None]:
-    """A ``progress`` callback for :func:`verify`: each section's table on stdout as it finishes
-    (with ``tables``); on a terminal a "[2/6] title ..." line on stderr while a section runs, in
-    a log (stderr not a terminal) one plain line per finished section."""
-    err = stream or sys.stderr
-    terminal = err.isatty()
-
-    def show(i: int, n: int, title: str, results: list[CheckResult] | None, seconds: float) -> None:
-        if i == 0:  # the report's title, before the first section
-            if tables:
-                print(title + "\n", flush=True)
-            return
-        if results is None:
-            if terminal:
-                print(f"\r[{i}/{n}] {title} ...", end="", file=err, flush=True)
-            return
-        if terminal:
-            print("\r\033[K", end="", file=err, flush=True)  # erase the running line
-        if tables:
-            print(format_section(title, results, seconds), flush=True)
-        if not terminal or not tables:
-            print(f"[{i}/{n}] {title}: {Report(results).summary()} ({seconds:.1f} s)", file=err, flush=True)
-
-    return show
-
-
 def available_devices(choice: str = "all") -> list[str]:
-    """``cpu``, ``cuda`` or ``all`` (the CPU plus CUDA when present)."""
+    """The devices ``verify --device`` means.
+
+    Args:
+        choice: ``"cpu"``, ``"cuda"`` or ``"all"`` (the CPU, plus CUDA when present).
+
+    Returns:
+        The device names for :func:`verify`.
+
+    Raises:
+        RuntimeError: ``"cuda"`` asked for without a CUDA device.
+
+    Example:
+        >>> from manualgrad.verify import available_devices
+        >>> available_devices("cpu")
+        ['cpu']
+    """
     if choice == "all":
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     if choice == "cuda" and not torch.cuda.is_available():

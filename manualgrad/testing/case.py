@@ -20,12 +20,53 @@ MAX_PARTS = 8  # comparisons listed one by one in a message; beyond, the failing
 
 
 class Skip(Exception):
-    """Raised by a check that does not apply; its message is the reason."""
+    """Raised by a check that does not apply; its message is the reason.
+
+    :func:`~manualgrad.testing.run_check` turns it into a result with status ``"skip"``, which
+    does not fail a report.
+
+    Example:
+        >>> from manualgrad.testing import Skip
+        >>> def check_needs_cuda(case):
+        ...     raise Skip("no CUDA device")
+        >>> try:
+        ...     check_needs_cuda(None)
+        ... except Skip as reason:
+        ...     print(reason)
+        no CUDA device
+    """
 
 
 @dataclass
 class Case:
-    """A function, its reference and example inputs, as every check sees them."""
+    """A function, its reference and example inputs, as every check sees them.
+
+    Every check copies ``inputs`` before using them, so a case can be run many times.
+
+    Args:
+        fn: the function under test; takes ``*inputs``, returns a tensor or a tuple of tensors.
+        reference: the same computation with native PyTorch ops.
+        inputs: example inputs: tensors (those with ``requires_grad=True`` are differentiated)
+            and any other arguments, passed through unchanged.
+        batch_dim: the inputs' batch dimension (None: none). Inputs whose size there equals the
+            first tensor's carry the batch (vmap, per-sample gradients, dynamic shapes, export).
+        atol, rtol: override the per-dtype tolerances of :meth:`tolerances`.
+        seed: seed of the random upstream gradients, tangents and projections.
+        names: the inputs' names in messages (default ``"input 0"``, ``"input 1"``, ...).
+        fast_gradcheck: run gradcheck and gradgradcheck in ``fast_mode`` (a random projection of
+            the Jacobian instead of all of it; for large inputs).
+
+    Example:
+        >>> import torch
+        >>> from manualgrad.testing import Case
+        >>> x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+        >>> w = torch.randn(4, dtype=torch.float64)
+        >>> case = Case(torch.mul, torch.mul, (x, w), names=("x", "w"))
+        >>> case.differentiable, case.batch_size, case.batched
+        ([0], 6, [True, False])
+        >>> case.tolerances(torch.float32)
+        (1e-05, 1e-07)
+    """
 
     fn: Callable[..., Any]
     reference: Callable[..., Any]
@@ -65,6 +106,7 @@ class Case:
         return [isinstance(t, Tensor) and t.dim() > dim and t.shape[dim] == n for t in self.inputs]
 
     def generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded with :attr:`seed` (the same draws on every call)."""
         return torch.Generator().manual_seed(self.seed)
 
 
@@ -94,6 +136,17 @@ def outputs(value: object) -> tuple[Tensor, ...]:
 
 def differentiable_outputs(value: object) -> list[Tensor]:
     return [o for o in outputs(value) if o.is_floating_point() or o.is_complex()]
+
+
+def weighted_sum(tensors: Sequence[Tensor], weights: Sequence[Tensor]) -> Tensor:
+    """sum_i <tensors[i], weights[i]>: a scalar, in the tensors' promoted dtype."""
+    total: Tensor | None = None
+    for t, w in zip(tensors, weights):
+        term = (t * w).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("the function has no floating-point output to differentiate")
+    return total
 
 
 def random_like(t: Tensor, generator: torch.Generator) -> Tensor:

@@ -6,6 +6,7 @@ or raises :class:`~manualgrad.testing.case.Skip`; any other exception is the che
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from .case import (
     output_names,
     outputs,
     random_like,
+    weighted_sum,
 )
 
 
@@ -31,8 +33,10 @@ def require_gradients(case: Case) -> list[int]:
     return case.differentiable
 
 
-def run_with_gradients(fn, case: Case, inputs, grad_outputs=None):
-    """(outputs, gradients w.r.t. the differentiable inputs, upstream gradients used)."""
+def run_with_gradients(
+    fn: Callable[..., Any], case: Case, inputs: Sequence[Any], grad_outputs: Sequence[Tensor] | None = None
+) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...], Sequence[Tensor]]:
+    """(outputs, gradients w.r.t. the differentiable inputs (None: unused), upstream gradients used)."""
     value = fn(*inputs)
     outs = differentiable_outputs(value)
     generator = case.generator()
@@ -84,11 +88,13 @@ def check_gradgradcheck(case: Case) -> tuple[bool, str]:
     return True, "second derivatives agree with finite differences (float64)"
 
 
-def hessian_vector_products(fn, case: Case, inputs, weights, vectors):
+def hessian_vector_products(
+    fn: Callable[..., Any], case: Case, inputs: Sequence[Any], weights: Sequence[Tensor], vectors: Sequence[Tensor]
+) -> Sequence[Tensor]:
     """grad(<grad(<fn(inputs), weights>), vectors>): one Hessian-vector product per input."""
     leaves = [inputs[i] for i in case.differentiable]
     outs = differentiable_outputs(fn(*inputs))
-    objective = sum((o * w).sum() for o, w in zip(outs, weights))
+    objective = weighted_sum(outs, weights)
     grads = torch.autograd.grad(objective, leaves, create_graph=True, allow_unused=True, materialize_grads=True)
     dot = sum((g * v).sum() for g, v in zip(grads, vectors) if g.requires_grad)
     if not isinstance(dot, Tensor) or not dot.requires_grad:
@@ -103,18 +109,18 @@ def check_hvp(case: Case) -> tuple[bool, str]:
     generator = case.generator()
     with torch.no_grad():
         weights = [random_like(o, generator) for o in differentiable_outputs(case.reference(*inputs))]
-    vectors = [random_like(inputs[i], generator) for i in positions]  # type: ignore[arg-type]
+    vectors = [random_like(inputs[i], generator) for i in positions]
     actual = hessian_vector_products(case.fn, case, inputs, weights, vectors)
     expected = hessian_vector_products(case.reference, case, twin_inputs, weights, vectors)
     return compare_all("hvp", actual, expected, input_names(case, positions), case)
 
 
-def jvp(fn, case: Case, tangents) -> list[Tensor]:
+def jvp(fn: Callable[..., Any], case: Case, tangents: Sequence[Tensor]) -> list[Tensor]:
     """Forward-mode derivatives of fn's outputs along ``tangents`` (one per differentiable input)."""
     inputs = list(copy_inputs(case.inputs))
     with fwAD.dual_level():
         for i, tangent in zip(case.differentiable, tangents):
-            inputs[i] = fwAD.make_dual(inputs[i].detach(), tangent)  # type: ignore[union-attr]
+            inputs[i] = fwAD.make_dual(inputs[i].detach(), tangent)
         outs = differentiable_outputs(fn(*inputs))
         unpacked = [fwAD.unpack_dual(o).tangent for o in outs]
     return [torch.zeros_like(o) if t is None else t for o, t in zip(outs, unpacked)]
@@ -124,7 +130,7 @@ def check_forward_ad(case: Case) -> tuple[bool, str]:
     """Forward-mode AD (the Function's jvp) along random tangents of every input, against the reference's."""
     positions = require_gradients(case)
     generator = case.generator()
-    tangents = [random_like(case.inputs[i], generator) for i in positions]  # type: ignore[arg-type]
+    tangents = [random_like(case.inputs[i], generator) for i in positions]
     actual, expected = jvp(case.fn, case, tangents), jvp(case.reference, case, tangents)
     return compare_all("jvp", actual, expected, output_names(len(expected)), case)
 

@@ -7,6 +7,7 @@ raises Skip.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from .case import (
     output_names,
     outputs,
     random_like,
+    weighted_sum,
 )
 from .checks_autograd import require_gradients, run_with_gradients
 
@@ -42,18 +44,20 @@ def require_batch(case: Case) -> list[bool]:
     return batched
 
 
-def one_sample_function(fn, case: Case, batched: list[bool]):
-    """fn of one sample (batch dimension removed), calling fn on a batch of one."""
-    dim = case.batch_dim
+def one_sample_function(
+    fn: Callable[..., Any], case: Case, batched: list[bool]
+) -> tuple[Callable[..., Any], tuple[int | None, ...]]:
+    """fn of one sample (batch dimension removed), calling fn on a batch of one; its vmap in_dims."""
+    dim = case.batch_dim or 0
 
-    def one(*args):
+    def one(*args: Any) -> Any:
         return fn(*(a.unsqueeze(dim) if b else a for a, b in zip(args, batched)))
 
     return one, tuple(dim if b else None for b in batched)
 
 
-def sample(inputs, batched: list[bool], dim: int, n: int) -> list[object]:
-    return [t.detach().select(dim, n) if b else t.detach() for t, b in zip(inputs, batched)]  # type: ignore[union-attr]
+def sample(inputs: Sequence[Any], batched: list[bool], dim: int, n: int) -> list[Any]:
+    return [t.detach().select(dim, n) if b else t.detach() for t, b in zip(inputs, batched)]
 
 
 def check_vmap(case: Case) -> tuple[bool, str]:
@@ -84,12 +88,16 @@ def check_per_sample_grad(case: Case) -> tuple[bool, str]:
     with torch.no_grad():
         first = differentiable_outputs(
             one_sample_function(case.reference, case, batched)[0](*sample(inputs, batched, dim, 0))
-        )  # type: ignore[arg-type]
+        )
     weights = [random_like(o, generator) for o in first]
 
-    def objective(fn):
+    def objective(fn: Callable[..., Any]) -> tuple[Callable[..., Tensor], tuple[int | None, ...]]:
         one, in_dims = one_sample_function(fn, case, batched)
-        return (lambda *args: sum((o * w).sum() for o, w in zip(differentiable_outputs(one(*args)), weights))), in_dims
+
+        def weighted(*args: Any) -> Tensor:
+            return weighted_sum(differentiable_outputs(one(*args)), weights)
+
+        return weighted, in_dims
 
     manual_objective, in_dims = objective(case.fn)
     per_sample = torch.func.vmap(torch.func.grad(manual_objective, argnums=tuple(positions)), in_dims=in_dims)(*inputs)
@@ -125,9 +133,10 @@ def check_compile(case: Case) -> tuple[bool, str]:
 
 def resize_batch(case: Case, batched: list[bool], size: int) -> tuple[object, ...]:
     """The inputs with ``size`` samples (the example's samples repeated cyclically)."""
-    rows = torch.arange(size) % case.batch_size  # type: ignore[operator]
+    dim, n = case.batch_dim or 0, case.batch_size or 1
+    rows = torch.arange(size) % n
     resized = [
-        t.detach().index_select(case.batch_dim, rows.to(t.device)).requires_grad_(t.requires_grad) if b else t  # type: ignore[union-attr, arg-type]
+        t.detach().index_select(dim, rows.to(t.device)).requires_grad_(t.requires_grad) if b else t
         for t, b in zip(copy_inputs(case.inputs), batched)
     ]
     return tuple(resized)
@@ -141,9 +150,9 @@ def batch_sizes(case: Case) -> tuple[int, int, int]:
 def check_compile_dynamic(case: Case) -> tuple[bool, str]:
     """torch.compile(dynamic=True, fullgraph=True) over three batch sizes compiles one graph."""
     batched = require_batch(case)
-    graphs = []
+    graphs: list[torch.fx.GraphModule] = []
 
-    def counting_backend(gm: torch.fx.GraphModule, example_inputs):
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Callable[..., Any]:
         graphs.append(gm)
         return gm.forward
 
@@ -170,7 +179,7 @@ def check_export(case: Case) -> tuple[bool, str]:
     fn = case.fn
 
     class Wrapper(torch.nn.Module):
-        def forward(self, *args):
+        def forward(self, *args: Any) -> Any:
             return fn(*args)
 
     batch = torch.export.Dim("batch", min=2)
@@ -193,7 +202,9 @@ def first_device(case: Case) -> str:
     return next(t.device.type for t in case.inputs if isinstance(t, Tensor))
 
 
-def run_autocast(fn, case: Case, device: str, dtype: torch.dtype, upstream=None):
+def run_autocast(
+    fn: Callable[..., Any], case: Case, device: str, dtype: torch.dtype, upstream: Sequence[Tensor] | None = None
+) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...], Sequence[Tensor]]:
     inputs = copy_inputs(case.inputs, dtype=torch.float32)
     with torch.autocast(device, dtype=dtype):
         value = outputs(fn(*inputs))
@@ -201,7 +212,7 @@ def run_autocast(fn, case: Case, device: str, dtype: torch.dtype, upstream=None)
     if upstream is None:
         generator = case.generator()
         upstream = [random_like(o, generator) for o in outs]
-    grads: tuple[Tensor, ...] = ()
+    grads: tuple[Tensor | None, ...] = ()
     if case.differentiable:  # backward outside autocast, as the AMP recipe does
         leaves = [inputs[i] for i in case.differentiable]
         grads = torch.autograd.grad(outs, leaves, [u.to(o.dtype) for u, o in zip(upstream, outs)], allow_unused=True)
@@ -231,7 +242,7 @@ def check_autocast(case: Case) -> tuple[bool, str]:
     return ok, f"{str(dtype).removeprefix('torch.')} autocast, output {dtypes}: {message}"
 
 
-def saved_bytes(fn, inputs) -> int:
+def saved_bytes(fn: Callable[..., Any], inputs: Sequence[Any]) -> int:
     """Bytes of the storages autograd saves for backward while fn runs (saved_tensors_hooks)."""
     storages: dict[tuple[int, str], int] = {}
 

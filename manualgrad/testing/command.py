@@ -13,8 +13,10 @@ import argparse
 import importlib.util
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from torch import Tensor
 
@@ -55,15 +57,17 @@ def load_file(path: str) -> ModuleType:
     return module
 
 
-def lookup(module: ModuleType, name: str, what: str, path: str):
-    value = getattr(module, name, None)
+def lookup(module: ModuleType, name: str, what: str, path: str) -> Callable[..., Any]:
+    value: object = getattr(module, name, None)
     if not callable(value):
         found = "not defined" if value is None else f"not callable ({type(value).__name__})"
         raise UsageError(f"{path}: {what} {name!r} {found}")
     return value
 
 
-def prepare(args: argparse.Namespace):
+def prepare(
+    args: argparse.Namespace,
+) -> tuple[Callable[..., Any], Callable[..., Any], tuple[Any, ...], list[str]]:
     """(function, reference, inputs, checks), or UsageError."""
     if not args.file:
         raise UsageError("a FILE is required (or --list-checks)")

@@ -14,8 +14,9 @@ from .case import Case, Skip
 from .report import CheckResult, Report
 
 CheckFn = Callable[[Case], tuple[bool, str]]
+"""A check: ``check(case) -> (passed, message)``, or raises :class:`~manualgrad.testing.Skip`."""
 
-# name -> check, in the order they run and print. The names are stable: checks= selects them.
+# name -> check, in the order they run and print (documented in manualgrad.testing's __init__).
 CHECKS: dict[str, CheckFn] = {
     "values": ad.check_values,
     "gradients": ad.check_gradients,
@@ -39,7 +40,22 @@ MESSAGE_LINES, MESSAGE_CHARS = 3, 400
 
 
 def describe(name: str) -> str:
-    """The first line of a check's docstring."""
+    """What check ``name`` compares, in one line (the first line of its docstring).
+
+    Args:
+        name: one of :data:`CHECK_NAMES`.
+
+    Returns:
+        The description, as ``python -m manualgrad check --list-checks`` prints it.
+
+    Raises:
+        KeyError: an unknown name.
+
+    Example:
+        >>> from manualgrad.testing import describe
+        >>> describe("gradcheck")
+        'torch.autograd.gradcheck in float64 (finite differences; no reference needed).'
+    """
     return (CHECKS[name].__doc__ or "").strip().splitlines()[0]
 
 
@@ -53,7 +69,32 @@ def exception_message(error: BaseException) -> str:
 
 
 def run_check(name: str, case: Case, label: str = "") -> CheckResult:
-    """One check; every exception raised inside it becomes its result."""
+    """Run one check on one case; every exception raised inside it becomes its result.
+
+    Warnings raised inside the check are silenced, and torch.compile's state is reset after it,
+    so that one check cannot change the next.
+
+    Args:
+        name: one of :data:`CHECK_NAMES`.
+        case: the function, its reference and example inputs.
+        label: the result's ``case`` field (to tell cases apart in one report).
+
+    Returns:
+        A :class:`~manualgrad.testing.CheckResult`: ``"pass"`` or ``"fail"`` with the measured
+        error or PyTorch's message, ``"skip"`` with the reason the check does not apply.
+
+    Raises:
+        KeyError: an unknown check name.
+
+    Example:
+        >>> import torch
+        >>> from manualgrad.testing import Case, run_check
+        >>> x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+        >>> run_check("gradients", Case(torch.sin, torch.sin, (x,)), label="sin").status
+        'pass'
+        >>> run_check("gradients", Case(torch.sin, torch.cos, (x,))).status
+        'fail'
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -81,6 +122,33 @@ def select_checks(checks: Iterable[str] | None) -> list[str]:
 
 
 def run_checks(case: Case, checks: Iterable[str] | None = None, label: str = "") -> list[CheckResult]:
+    """Run the selected checks on one case, in :data:`CHECK_NAMES` order.
+
+    The lower-level form of :func:`check_function`, for a :class:`~manualgrad.testing.Case`
+    built by hand (names of the inputs, a fixed seed, fast gradcheck) or for several cases
+    gathered in one :class:`~manualgrad.testing.Report` (as ``verify`` does).
+
+    Args:
+        case: the function, its reference and example inputs.
+        checks: names from :data:`CHECK_NAMES`, or one comma-separated string (default: all).
+        label: every result's ``case`` field.
+
+    Returns:
+        One :class:`~manualgrad.testing.CheckResult` per selected check.
+
+    Raises:
+        ValueError: an unknown check name (before any check runs).
+
+    Example:
+        >>> import torch
+        >>> from manualgrad.testing import Case, Report, run_checks
+        >>> x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+        >>> report = Report(title="two cases")
+        >>> report.extend(run_checks(Case(torch.tanh, torch.tanh, (x,)), "values,gradcheck", "tanh"))
+        >>> report.extend(run_checks(Case(torch.exp, torch.exp, (x,)), ["values"], "exp"))
+        >>> [(r.case, r.name, r.status) for r in report]
+        [('tanh', 'values', 'pass'), ('tanh', 'gradcheck', 'pass'), ('exp', 'values', 'pass')]
+    """
     return [run_check(name, case, label) for name in select_checks(checks)]
 
 
@@ -95,6 +163,14 @@ def check_function(
 ) -> Report:
     """Check a function built on a custom ``autograd.Function`` against a native-autograd reference.
 
+    Each check (see :data:`CHECK_NAMES`) compares ``fn`` with ``reference`` on fresh copies of
+    ``inputs``: values, gradients for random upstream gradients, gradcheck and gradgradcheck in
+    float64, Hessian-vector products, forward AD, vmap and per-sample gradients, torch.compile
+    (also with a dynamic batch), torch.export, autocast, non-contiguous inputs, memory saved for
+    backward, CUDA, and that backward leaves its ``grad_output`` alone. A check that does not
+    apply is skipped with its reason; an exception inside a check is that check's failure, never
+    a crash.
+
     Args:
         fn: the function under test; takes ``inputs``, returns a tensor or a tuple of tensors.
         reference: the same computation with native PyTorch ops (autograd differentiates it).
@@ -108,16 +184,48 @@ def check_function(
             ``max |a - b| <= atol + rtol * max |b|``.
 
     Returns:
-        A :class:`Report`: ``.passed``, ``.results`` (``name``, ``status``, ``message``),
-        ``str(report)`` a table, ``report.raise_if_failed()`` for pytest.
+        A :class:`~manualgrad.testing.Report`: ``.passed``, ``.results`` (``name``, ``status``,
+        ``message``), ``str(report)`` a table, ``report.raise_if_failed()`` for pytest.
+
+    Raises:
+        TypeError: ``fn`` or ``reference`` is not callable.
+        ValueError: no tensor among ``inputs``, or an unknown check name.
 
     Example:
+        A Function whose backward forgets the factor 2 of d(x^2)/dx:
+
         >>> import torch
         >>> from manualgrad.testing import check_function
+        >>> class Square(torch.autograd.Function):
+        ...     @staticmethod
+        ...     def forward(x):
+        ...         return x * x
+        ...     @staticmethod
+        ...     def setup_context(ctx, inputs, output):
+        ...         ctx.save_for_backward(*inputs)
+        ...     @staticmethod
+        ...     def backward(ctx, grad_output):
+        ...         (x,) = ctx.saved_tensors
+        ...         return x * grad_output  # should be 2 * x * grad_output
+        >>> def square(x):
+        ...     return Square.apply(x)
+        >>> def reference(x):
+        ...     return x**2
         >>> x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
-        >>> report = check_function(torch.tanh, torch.tanh, x, checks=["values", "gradients"])
-        >>> report.passed, [r.name for r in report.results]
-        (True, ['values', 'gradients'])
+        >>> report = check_function(square, reference, x, checks=["values", "gradients", "gradcheck"])
+        >>> report.passed
+        False
+        >>> [(r.name, r.status) for r in report]
+        [('values', 'pass'), ('gradients', 'fail'), ('gradcheck', 'fail')]
+        >>> print(report)  # doctest: +ELLIPSIS
+        check_function: square against reference
+        check      status  message
+        ...
+        values     PASS    output: max abs 0.0e+00, rel 0.0e+00
+        gradients  FAIL    output: max abs 0.0e+00, rel 0.0e+00; grad input 0: max abs ... > tolerance (rtol 1e-07)
+        gradcheck  FAIL    GradcheckError: Jacobian mismatch for output 0 with respect to input 0,
+        ...
+        FAILED: 1 passed, 2 failed, 0 skipped
     """
     if not callable(fn) or not callable(reference):
         raise TypeError("fn and reference must be callables taking the inputs")

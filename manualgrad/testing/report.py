@@ -19,6 +19,14 @@ class CheckResult:
         status: ``"pass"``, ``"fail"`` or ``"skip"``.
         message: the measured error, PyTorch's message on a failure, or why it was skipped.
         case: what was checked, when a report holds several cases (e.g. ``"loss sum cpu"``).
+
+    Raises:
+        ValueError: a status other than those three.
+
+    Example:
+        >>> from manualgrad.testing import CheckResult
+        >>> CheckResult("values", "pass", "output: max abs 0.0e+00, rel 0.0e+00")
+        CheckResult(name='values', status='pass', message='output: max abs 0.0e+00, rel 0.0e+00', case='')
     """
 
     name: str
@@ -37,6 +45,25 @@ class Report:
 
     ``passed`` is True when no result failed (skips do not fail a report). ``str(report)`` is
     a table, one line per result; :meth:`raise_if_failed` raises ``AssertionError`` with it.
+
+    Args:
+        results: the results, in the order they are printed.
+        title: the table's first line.
+
+    Example:
+        >>> from manualgrad.testing import CheckResult, Report
+        >>> report = Report([CheckResult("values", "pass", "max abs 0.0e+00"),
+        ...                  CheckResult("cuda", "skip", "no CUDA device")], title="my function")
+        >>> report.passed, report.summary()
+        (True, '1 passed, 0 failed, 1 skipped')
+        >>> print(report)
+        my function
+        check   status  message
+        -----------------------
+        values  PASS    max abs 0.0e+00
+        cuda    SKIP    no CUDA device
+        PASSED: 1 passed, 0 failed, 1 skipped
+        >>> report.raise_if_failed()  # nothing happens: no check failed
     """
 
     results: list[CheckResult] = field(default_factory=list)
@@ -44,26 +71,41 @@ class Report:
 
     @property
     def passed(self) -> bool:
+        """True when no result failed (results that were skipped do not count)."""
         return not any(r.status == "fail" for r in self.results)
 
     @property
     def failures(self) -> list[CheckResult]:
+        """The results that failed, in order."""
         return [r for r in self.results if r.status == "fail"]
 
     def __iter__(self) -> Iterator[CheckResult]:
         return iter(self.results)
 
     def extend(self, results: Iterable[CheckResult]) -> None:
+        """Append ``results`` (e.g. those of :func:`~manualgrad.testing.run_checks` on another case)."""
         self.results.extend(results)
 
     def status_of(self, name: str, case: str | None = None) -> str:
-        """The status of check ``name`` (in ``case``, if given): "fail" if any of them failed."""
+        """The status of check ``name`` (in ``case``, if given) over all its results.
+
+        Args:
+            name: a check's name.
+            case: only the results of this case (default: every case).
+
+        Returns:
+            ``"fail"`` if any of them failed, else ``"pass"`` if any passed, else ``"skip"``.
+
+        Raises:
+            KeyError: no result of that name (in that case).
+        """
         statuses = {r.status for r in self.results if r.name == name and (case is None or r.case == case)}
         if not statuses:
             raise KeyError(f"no result named {name!r}" + (f" in case {case!r}" if case is not None else ""))
         return next(s for s in ("fail", "pass", "skip") if s in statuses)
 
     def summary(self) -> str:
+        """``"3 passed, 0 failed, 1 skipped"``."""
         counts = {s: sum(r.status == s for r in self.results) for s in STATUSES}
         return f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"
 
@@ -74,11 +116,16 @@ class Report:
         return "\n".join(lines)
 
     def raise_if_failed(self) -> None:
-        """Raise ``AssertionError`` with the table if any check failed (for use in pytest)."""
+        """Raise ``AssertionError`` with the table if any check failed (for use in pytest).
+
+        Raises:
+            AssertionError: a check failed; the message is ``str(self)``.
+        """
         if not self.passed:
             raise AssertionError("\n" + str(self))
 
     def to_dict(self) -> dict[str, object]:
+        """A JSON-serialisable dict: title, passed, summary and every result as a dict."""
         return {
             "title": self.title,
             "passed": self.passed,
