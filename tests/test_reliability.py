@@ -399,11 +399,11 @@ def test_negative_control_a_kernel_before_validation_is_caught(monkeypatch):
 def test_negative_control_a_lost_gradient_is_caught(monkeypatch):
     original = functional.two_layer_net_loss
 
-    def clobbers_grad(x, target, W1, b1, W2, b2, reduction="mean"):
+    def clobbers_grad(x, target, W1, b1, W2, b2, reduction="mean", **options):
         if W2.grad is not None:  # not on the first, good call that makes the .grad
             with torch.no_grad():
                 W2.grad.mul_(0.5)  # state changed before the error, the slip this check exists for
-        return original(x, target, W1, b1, W2, b2, reduction)
+        return original(x, target, W1, b1, W2, b2, reduction, **options)
 
     monkeypatch.setattr(functional, "two_layer_net_loss", clobbers_grad)
     with pytest.raises(AssertionError, match="W2.grad changed"):
