@@ -4,20 +4,22 @@ Exception types follow PyTorch users' expectations:
 
 * ``TypeError`` for the wrong kind of object or the wrong dtype,
 * ``ValueError`` for the wrong shape, size, or value,
-* ``RuntimeError`` for tensors on different devices (the type PyTorch itself raises).
+* ``RuntimeError`` for tensors on different devices, and for a class weight that requires
+  grad with class-index targets (the types PyTorch itself raises).
 
 Each message names the argument and the offending shape, dtype, device or value. The
 checks read only metadata (type, dtype, shape, device), so they run no kernel, with one
 exception: the class-index range.
 
-Class-index range checks (``0 <= target < C``) need the values, so they are done
+Class-index range checks (``0 <= target < C``, or ``target == ignore_index``) need the values, so they are done
 explicitly only where reading the values is cheap and allowed: eager mode on the CPU, on
 a plain ``torch.Tensor`` (not a fake or other subclass tensor). On CUDA (where a check
 would synchronise the stream), under ``torch.compile`` / ``torch.export`` and under
-``torch.func`` transforms, the range is checked by PyTorch's own ``gather`` kernel inside
-the loss (a device-side assertion on CUDA, an ``index ... out of bounds`` error on CPU,
-an ``index out of bounds`` check in Inductor's generated code), so an out-of-range label
-still raises instead of giving a silently wrong loss.
+``torch.func`` transforms, the range is checked by PyTorch's own ``scatter`` and ``gather``
+kernels that build the effective target (``kernels.effective_target``: a device-side
+assertion on CUDA, an ``index ... out of bounds`` error on CPU, an ``index out of bounds``
+check in Inductor's generated code), so an out-of-range label still raises instead of
+giving a silently wrong loss.
 """
 
 from __future__ import annotations
