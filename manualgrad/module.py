@@ -117,8 +117,9 @@ class TwoLayerNet(nn.Module):
         Without one, the loss's arguments do not apply: giving any of them is a TypeError.
         """
         if target is not None:
-            options = {"weight": weight, "ignore_index": ignore_index, "label_smoothing": label_smoothing}
-            return self.loss(x, target, reduction, **options)
+            return self.loss(
+                x, target, reduction, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing
+            )
         given = {
             "reduction": reduction != "mean",
             "weight": weight is not None,
