@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from . import modes, validation
+from . import kernels, modes, validation
 from .autograd import (
     LogitsFunction,
     LogitsFunctionNoJvp,
@@ -150,13 +150,25 @@ def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tens
 
 
 def two_layer_net_loss(
-    x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str = "mean"
+    x: Tensor,
+    target: Tensor,
+    W1: Tensor,
+    b1: Tensor,
+    W2: Tensor,
+    b2: Tensor,
+    reduction: str = "mean",
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
-    """Cross-entropy of the network's logits: ``F.cross_entropy(two_layer_net_logits(...), target)``.
+    """Cross-entropy of the network's logits: ``F.cross_entropy(two_layer_net_logits(...), target, ...)``.
 
-    Its backward is the fused eq. (7): dL/dz2 = (y_hat - y) / N for "mean". In eager mode, from
-    ``modes.PRECOMPUTE_MIN_ROWS`` rows, the gradients are computed during the forward, in
-    chunks of rows (see :func:`loss_gradients_in_forward`).
+    Takes ``F.cross_entropy``'s arguments and gives its values and gradients. Its backward is
+    the fused eq. (7): dL/dz2 = (y_hat - y) / N for "mean"; with ``weight``, ``ignore_index`` or
+    ``label_smoothing``, the target becomes an effective target q and dL/dz2 = (y_hat sum_c q - q) / d,
+    eq. (7') of docs/derivation.md. In eager mode, from ``modes.PRECOMPUTE_MIN_ROWS`` rows, the
+    gradients are computed during the forward, in chunks of rows (see :func:`loss_gradients_in_forward`).
 
     Args:
         x: input, :math:`(N, D)` or one unbatched sample :math:`(D,)`, in the parameters' dtype
@@ -166,6 +178,14 @@ def two_layer_net_loss(
         target: class indices in [0, C) of an integer dtype, or probabilities (soft labels) in
             the parameters' dtype.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``, as for ``F.cross_entropy``. Default: ``"mean"``
+        weight: a rescaling weight per class, :math:`(C,)`, in the parameters' dtype; the mean
+            divides by the summed weights of the rows that count (by N for probabilities). For
+            class indices it must not require grad (nor does F.cross_entropy differentiate it);
+            for probabilities it is differentiated. Default: ``None``
+        ignore_index: class-index rows with this label count for nothing, neither in the loss
+            nor in the mean's denominator; every row ignored gives NaN for ``"mean"`` (0/0),
+            as F.cross_entropy. Only the default with probability targets. Default: -100
+        label_smoothing: eps in [0, 1]: the target becomes (1 - eps) y + eps / C. Default: 0.0
 
     Shape:
         - x: :math:`(N, D)` or :math:`(D,)`. target: :math:`(N,)` or :math:`(N, C)`; :math:`()`
@@ -191,7 +211,15 @@ def two_layer_net_loss(
     x, autocast = _prepare(x, W1, b1, W2, b2)
     reduction = validation.check_reduction(reduction)
     check_values = x.device.type == "cpu" and not modes.tracing(x)  # else gather checks the range
-    target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=check_values)
+    target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
+    weight, label_smoothing = validation.check_loss_options(
+        weight, ignore_index, label_smoothing, target, W1, W2, autocast=autocast
+    )
+    every_row_counts = (  # the labels, read in eager CPU only: else the effective target's gather checks
+        check_values
+        and not target.is_floating_point()
+        and validation.check_class_indices(target, W2.shape[1], ignore_index)
+    )
     if not target.is_floating_point():
         target = target.long()
     unbatched = x.dim() == 1
@@ -200,8 +228,18 @@ def two_layer_net_loss(
     if autocast:  # precision policy: manualgrad computes in the parameters' dtype
         x = x.to(W1.dtype)
         target = target.to(W1.dtype) if target.is_floating_point() else target
+    add_to_loss = None
+    if not (every_row_counts and weight is None and label_smoothing == 0.0):  # else the labels as they are
+        target, reduction_of_q, add_to_loss = kernels.effective_target(
+            target, W2.shape[1], W1.dtype, reduction,
+            weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        )  # fmt: skip
+    else:
+        reduction_of_q = reduction
     function = _pick(LossFunction, LossFunctionNoJvp)
-    precompute = modes.gradients_in_forward(x, target, (W1, b1, W2, b2), reduction)
+    precompute = modes.gradients_in_forward(x, target, (W1, b1, W2, b2), reduction_of_q)
     with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
-        loss = apply_function(function, x, target, W1, b1, W2, b2, reduction, precompute)[0]
+        loss = apply_function(function, x, target, W1, b1, W2, b2, reduction_of_q, precompute)[0]
+    if add_to_loss is not None:
+        loss = loss + add_to_loss  # ()  NaN when no row counts, as F.cross_entropy's 0/0
     return loss.squeeze(0) if unbatched and reduction == "none" else loss

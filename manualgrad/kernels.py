@@ -83,6 +83,54 @@ def target_distribution(target: Tensor, num_classes: int, dtype: torch.dtype) ->
     return (target.unsqueeze(1) == classes).to(dtype)  # (N, C)  one-hot, vmap-safe
 
 
+def effective_target(
+    target: Tensor,
+    num_classes: int,
+    dtype: torch.dtype,
+    reduction: str,
+    *,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[Tensor, str, Tensor | None]:
+    """F.cross_entropy's ``weight``, ``ignore_index`` and ``label_smoothing`` as a target q (N, C).
+
+    The loss of row n is then -sum_c q_nc log y_hat_nc, eq. (5'), and its gradient at the logits
+    y_hat * sum_c q - q, eq. (7'): the soft-target formulas every loss path already has. See
+    docs/derivation.md, "The whole F.cross_entropy signature". With eps = label_smoothing:
+
+    * probabilities y: q = w * ((1 - eps) y + eps / C); the mean divides by N, as before;
+    * class indices t: q_nc = m_n ((1 - eps) w_t [c = t] + eps w_c / C), m_n = 0 for a row
+      with t = ignore_index, else 1; the mean divides by the denominator d = sum_n m_n w_t.
+
+    Returns (q, the reduction to apply to -sum_c q log y_hat, a term to add to the loss or None).
+    For class indices and "mean", q is divided by d here and summed ("sum"); when d = 0 (every
+    row ignored, or an empty batch) the term is NaN, F.cross_entropy's 0/0, whose gradient is 0.
+    Reads no label values: one path for every batch; scatter and gather check the class range.
+    """
+    eps, C = label_smoothing, num_classes
+    if target.is_floating_point():
+        q = target if eps == 0 else target * (1 - eps) + eps / C  # (N, C)  y' = (1 - eps) y + eps / C
+        return (q if weight is None else q * weight), reduction, None  # (N, C)  q = w * y'
+    counted = target != ignore_index  # (N,)  m
+    index = target.masked_fill(~counted, 0).unsqueeze(1)  # (N, 1)  ignored rows point at class 0 ...
+    if weight is None:
+        row_weight = counted.to(dtype)  # (N,)  m_n w_t with w = 1
+    else:  # ... and weigh 0 there; gather checks the range
+        row_weight = torch.where(counted, weight.gather(0, index.squeeze(1)), 0.0)  # (N,)  m_n w_t
+    picked = (row_weight * (1 - eps)).unsqueeze(1)  # (N, 1)  (1 - eps) m_n w_t
+    q = torch.zeros(target.shape[0], C, dtype=dtype, device=target.device).scatter(1, index, picked)  # (N, C)
+    if eps != 0:
+        class_weight = torch.ones(C, dtype=dtype, device=target.device) if weight is None else weight  # (C,)
+        q = q + torch.where(counted.unsqueeze(1), class_weight * (eps / C), 0.0)  # (N, C)  + m_n eps w_c / C
+    if reduction != "mean":
+        return q, reduction, None
+    denominator = row_weight.sum()  # ()  d = sum_n m_n w_t
+    q = torch.where(counted.unsqueeze(1), q / denominator, 0.0)  # (N, C)  q / d, ignored rows exactly 0
+    nan_if_no_rows = torch.where(denominator == 0, float("nan"), 0.0).to(dtype)  # ()  F's 0/0
+    return q, "sum", nan_if_no_rows
+
+
 def per_sample_loss(log_probs: Tensor, target: Tensor) -> Tensor:
     """-sum_c y log y_hat for each row: (N,)  eq. (5)."""
     if target.is_floating_point():

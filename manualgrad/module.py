@@ -25,8 +25,10 @@ class TwoLayerNet(nn.Module):
 
     * ``model(x)`` returns the probabilities y_hat, eq. (1)-(4);
     * ``model.logits(x)`` returns z2, for any PyTorch loss;
-    * ``model.loss(x, target, reduction="mean")`` returns the cross-entropy, with the fused
-      backward dL/dz2 = (y_hat - y) / N, eq. (7); ``model(x, target)`` is the same;
+    * ``model.loss(x, target, reduction="mean", *, weight=None, ignore_index=-100,
+      label_smoothing=0.0)`` returns ``F.cross_entropy``'s value with the fused backward
+      dL/dz2 = (y_hat - y) / N, eq. (7) (eq. (7') with the options); ``model(x, target, ...)``
+      is the same;
     * ``model.predict(x)`` returns class indices.
 
     Args:
@@ -98,30 +100,69 @@ class TwoLayerNet(nn.Module):
     def _parameters_tuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.W1, self.b1, self.W2, self.b2
 
-    def forward(self, x: Tensor, target: Tensor | None = None, reduction: str | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        reduction: str | None = None,
+        *,
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+    ) -> Tensor:
         """y_hat = softmax(tanh(x W1 + b1) W2 + b2): (N, out), or (out,) for unbatched x.
 
-        With a ``target``, returns ``self.loss(x, target, reduction)`` instead (``reduction``
+        With a ``target``, returns ``self.loss(x, target, reduction, ...)`` instead (``reduction``
         defaults to ``"mean"``), so that wrappers that only call ``forward``
-        (DistributedDataParallel, FSDP) get the fused loss. A ``reduction`` without a target
-        does not apply and raises ``TypeError``.
+        (DistributedDataParallel, FSDP) get the fused loss. Without one, the loss's arguments do
+        not apply: giving any of them is a ``TypeError``.
         """
         if target is not None:
-            return self.loss(x, target, "mean" if reduction is None else reduction)
-        if reduction is not None:
-            raise TypeError(
-                f"reduction={reduction!r} applies only to the loss: pass a target, model(x, target, reduction), "
-                "or call model.loss(x, target, reduction)"
+            return self.loss(
+                x,
+                target,
+                "mean" if reduction is None else reduction,
+                weight=weight,
+                ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
             )
+        given = {
+            f"reduction={reduction!r}": reduction is not None,
+            "weight": weight is not None,
+            "ignore_index": not (type(ignore_index) is int and ignore_index == -100),
+            "label_smoothing": not (type(label_smoothing) in (int, float) and label_smoothing == 0),
+        }
+        if any(given.values()):
+            names = ", ".join(name for name, is_given in given.items() if is_given)
+            raise TypeError(f"{names} applies to the loss only: pass a target, model(x, target, ...), or leave it out")
         return functional.two_layer_net(x, *self._parameters_tuple())
 
     def logits(self, x: Tensor) -> Tensor:
         """z2 = tanh(x W1 + b1) W2 + b2: (N, out), or (out,) for unbatched x."""
         return functional.two_layer_net_logits(x, *self._parameters_tuple())
 
-    def loss(self, x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-        """Cross-entropy, the same value as ``F.cross_entropy(self.logits(x), target, reduction=...)``."""
-        return functional.two_layer_net_loss(x, target, *self._parameters_tuple(), reduction=reduction)
+    def loss(
+        self,
+        x: Tensor,
+        target: Tensor,
+        reduction: str = "mean",
+        *,
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+    ) -> Tensor:
+        """Cross-entropy: ``F.cross_entropy(self.logits(x), target, weight=..., ignore_index=...,
+        reduction=..., label_smoothing=...)``, its values and gradients, with the fused backward
+        (see :func:`manualgrad.functional.two_layer_net_loss` for the arguments)."""
+        return functional.two_layer_net_loss(
+            x,
+            target,
+            *self._parameters_tuple(),
+            reduction=reduction,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+        )
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

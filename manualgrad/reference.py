@@ -24,9 +24,28 @@ def probs(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
     return torch.softmax(logits(x, W1, b1, W2, b2), dim=-1)
 
 
-def loss(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str = "mean") -> Tensor:
-    """Cross-entropy with ``F.cross_entropy`` and native autograd."""
-    return F.cross_entropy(logits(x, W1, b1, W2, b2), target, reduction=reduction)
+def loss(
+    x: Tensor,
+    target: Tensor,
+    W1: Tensor,
+    b1: Tensor,
+    W2: Tensor,
+    b2: Tensor,
+    reduction: str = "mean",
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Cross-entropy with ``F.cross_entropy`` (every argument passed on) and native autograd."""
+    return F.cross_entropy(
+        logits(x, W1, b1, W2, b2),
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
 
 
 def numpy_loss_and_gradients(

@@ -4,7 +4,8 @@ Exception types follow PyTorch users' expectations:
 
 * ``TypeError`` for the wrong kind of object or the wrong dtype,
 * ``ValueError`` for the wrong shape, size, or value,
-* ``RuntimeError`` for tensors on different devices (the type PyTorch itself raises).
+* ``RuntimeError`` for tensors on different devices, and for a class weight that requires
+  grad with class-index targets (the types PyTorch itself raises).
 
 Tensors must be dense (``torch.strided``): sparse and other layouts are refused with a
 ``TypeError`` naming the layout.
@@ -13,18 +14,21 @@ Each message names the argument and the offending shape, dtype, device or value.
 checks read only metadata (type, dtype, shape, device), so they run no kernel, with one
 exception: the class-index range.
 
-Class-index range checks (``0 <= target < C``) need the values, so they are done
+Class-index range checks (``0 <= target < C``, or ``target == ignore_index``) need the values, so they are done
 explicitly only where reading the values is cheap and allowed: eager mode on the CPU, on
 a plain ``torch.Tensor`` (not a fake or other subclass tensor). On CUDA (where a check
 would synchronise the stream), under ``torch.compile``, ``torch.export``, ``make_fx`` and
 ``torch.func`` transforms (``modes.tracing``: reading values there would guard on them or fail),
-the range is checked by PyTorch's own ``gather`` kernel inside
-the loss (a device-side assertion on CUDA, an ``index ... out of bounds`` error on CPU,
-an ``index out of bounds`` check in Inductor's generated code), so an out-of-range label
-still raises instead of giving a silently wrong loss.
+the range is checked by PyTorch's own ``scatter`` and ``gather``
+kernels that build the effective target (``kernels.effective_target``: a device-side
+assertion on CUDA, an ``index ... out of bounds`` error on CPU, an ``index out of bounds``
+check in Inductor's generated code), so an out-of-range label still raises instead of
+giving a silently wrong loss.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 from torch import Tensor
@@ -134,11 +138,14 @@ def check_reduction(reduction: object) -> str:
     return reduction  # type: ignore[return-value]
 
 
-def check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, *, autocast: bool, check_values: bool) -> Tensor:
+def check_target(
+    target: object, x: Tensor, W1: Tensor, W2: Tensor, *, autocast: bool, check_values: bool, ignore_index: int = -100
+) -> Tensor:
     """Check a target: class indices (N,) of an integer dtype, or probabilities (N, C).
 
     ``x`` is the input as given (rank 1 for one unbatched sample); the target then has
-    rank 0 (an index) or rank 1 (C probabilities), as with ``F.cross_entropy``.
+    rank 0 (an index) or rank 1 (C probabilities), as with ``F.cross_entropy``. With
+    ``check_values``, class indices must lie in [0, C) or equal ``ignore_index``.
     """
     target = require_tensor("target", target)
     C = W2.shape[1]
@@ -172,22 +179,98 @@ def check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, *, autocast:
         if tuple(target.shape) == prob_shape:
             hint = f"; for probabilities (soft or one-hot labels) use a floating tensor, target.to({W1.dtype})"
         raise ValueError(f"target of class indices must have {what}, got shape {tuple(target.shape)}{hint}")
-    if check_values and target.numel() > 0 and type(target) is Tensor:  # fake/subclass tensors: gather checks
-        _check_class_range(target, C)
+    if check_values:
+        check_class_indices(target, C, ignore_index)
     return target
 
 
-def _check_class_range(target: Tensor, C: int) -> None:
+def check_class_indices(target: Tensor, C: int, ignore_index: int) -> bool:
+    """Refuse class indices outside [0, C) other than ``ignore_index``; True if every row counts.
+
+    Reads the labels' values: call it only in eager mode on the CPU. Returns True when no label
+    equals ``ignore_index`` (the loss may then use the labels as they are), False when some do
+    or when the values cannot be read (fake and other subclass tensors: gather checks later).
+    """
+    if target.numel() == 0:
+        return True
+    if type(target) is not Tensor:
+        return False
     flat = target.reshape(-1).long()  # comparisons and aminmax are not implemented for uint16-uint64
+    ignore_in_range = 0 <= ignore_index < C
     if flat.numel() <= 64:  # a few labels: reading them as a list is cheaper than any kernel
         labels = flat.tolist()
         lowest, highest = min(labels), max(labels)
+        if lowest >= 0 and highest < C:
+            return not (ignore_in_range and ignore_index in labels)
     else:
         lowest, highest = (int(bound) for bound in torch.aminmax(flat))
-    if lowest >= 0 and highest < C:
-        return
-    position = int(((flat < 0) | (flat >= C)).nonzero()[0, 0])
+        if lowest >= 0 and highest < C:
+            return not (ignore_in_range and bool((flat == ignore_index).any()))
+    outside = ((flat < 0) | (flat >= C)) & (flat != ignore_index)
+    if not bool(outside.any()):
+        return False  # every label outside [0, C) is ignore_index
+    position = int(outside.nonzero()[0, 0])
     value = int(flat[position])
     if target.dtype == torch.uint64 and value < 0:  # .long() wrapped it: report the label as given
         value += 1 << 64
-    raise ValueError(f"target holds class index {value} at position {position}; class indices must lie in [0, {C})")
+    raise ValueError(
+        f"target holds class index {value} at position {position}; class indices must lie in [0, {C}) "
+        f"or equal ignore_index ({ignore_index})"
+    )
+
+
+def check_loss_options(
+    weight: object,
+    ignore_index: object,
+    label_smoothing: object,
+    target: Tensor,
+    W1: Tensor,
+    W2: Tensor,
+    *,
+    autocast: bool,
+) -> tuple[Tensor | None, float]:
+    """Check F.cross_entropy's ``weight``, ``ignore_index`` and ``label_smoothing``; return weight.
+
+    ``target`` has passed :func:`check_target`. Reads metadata only. Returns the weight (under
+    autocast, a weight of any floating dtype, in the parameters' dtype) and label_smoothing as
+    a float.
+    """
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} ({ignore_index!r})")
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
+    if target.is_floating_point() and ignore_index != -100:
+        raise ValueError(
+            f"ignore_index ({ignore_index}) applies to class-index targets only, not to probabilities "
+            "(F.cross_entropy refuses it too); to drop rows, give them zero probabilities or leave them out"
+        )
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(
+            f"label_smoothing must be a float in [0, 1], got {type(label_smoothing).__name__} ({label_smoothing!r})"
+        )
+    label_smoothing = float(label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:  # NaN fails too
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+    if weight is None:
+        return None, label_smoothing
+    weight = require_tensor("weight", weight)
+    _require_floating("weight", weight)
+    C = W2.shape[1]
+    if weight.layout != torch.strided:
+        raise TypeError(f"weight must be a dense (strided) tensor, got layout {weight.layout}; use weight.to_dense()")
+    if tuple(weight.shape) != (C,):
+        raise ValueError(f"weight must have shape ({C},), one per class, got {tuple(weight.shape)}")
+    _require_same_device("weight", weight, "W1", W1)
+    if weight.dtype != W1.dtype:
+        if not autocast:
+            raise TypeError(
+                f"weight has dtype {weight.dtype} but the parameters have dtype {W1.dtype}; "
+                f"convert it with weight.to({W1.dtype})"
+            )
+        weight = weight.to(W1.dtype)
+    if weight.requires_grad and torch.is_grad_enabled() and not target.is_floating_point():
+        raise RuntimeError(
+            "weight requires grad, but the loss is not differentiable in weight for class-index targets "
+            "(F.cross_entropy refuses it too); pass weight.detach()"
+        )
+    return weight, label_smoothing

@@ -603,3 +603,185 @@ def test_building_block_backward_from_logits_eq8_to_eq18(size):
     grads = internal("backward_from_logits")(expected["delta2"], p.x, p.W1, p.W2, forward(p)["a1"], [True] * 5)
     for name, grad in zip(GRADIENT_ORDER, grads):
         torch.testing.assert_close(grad, expected[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------------------
+# The whole F.cross_entropy signature: eq. (5'), (7'), (7'') with weight, ignore_index and
+# label_smoothing, through the effective target q and the denominator d
+# ----------------------------------------------------------------------------------------
+
+IGNORE = -100
+# (weight?, ignored rows, label_smoothing): each option alone, and all at once
+OPTION_CASES = {
+    "plain": (False, (), 0.0),
+    "weight": (True, (), 0.0),
+    "ignore_index": (False, (0, 2), 0.0),
+    "label_smoothing": (False, (), 0.2),
+    "all-three": (True, (1,), 0.3),
+}
+OPTION_SIZES = [(4, 2, 5, 2), (7, 3, 6, 4)]
+
+
+def class_weights(C: int, seed: int = 2) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(C, generator=generator, dtype=DTYPE) + 0.25  # (C,), positive, not all equal
+
+
+def options_problem(size, case: str, soft: bool = False):
+    """The problem, its target (labels with IGNORE in the ignored rows, or probabilities) and F's options."""
+    p = make_problem(*size)
+    use_weight, ignored, eps = OPTION_CASES[case]
+    N, C = size[0], size[3]
+    if soft:
+        target = soft_targets(N, C, normalized=True)
+    else:
+        target = p.target.clone()
+        target[list(ignored)] = IGNORE
+    options = {"weight": class_weights(C) if use_weight else None, "label_smoothing": eps}
+    return p, target, options
+
+
+def effective_target_by_hand(target: Tensor, C: int, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+    """q (N, C) and the mean's denominator d, written from their definitions in docs/derivation.md."""
+    w = torch.ones(C, dtype=DTYPE) if weight is None else weight  # (C,)
+    if target.is_floating_point():
+        q = w * ((1 - eps) * target + eps / C)  # (N, C)  q = w * y',  y' = (1 - eps) y + eps / C
+        return q, torch.tensor(float(target.shape[0]), dtype=DTYPE)  # d = N
+    q = torch.zeros(target.shape[0], C, dtype=DTYPE)
+    d = torch.zeros((), dtype=DTYPE)
+    for n, t in enumerate(target.tolist()):
+        if t == IGNORE:  # m_n = 0: the row counts for nothing
+            continue
+        q[n] = eps * w / C  # eps w_c / C for every class
+        q[n, t] += (1 - eps) * w[t]  # (1 - eps) w_t for the label
+        d += w[t]  # d = sum_n m_n w_{t_n}
+    return q, d
+
+
+def logits_of(p: Problem, requires_grad: bool = False) -> Tensor:
+    z2 = forward(p)["z2"].detach()
+    return z2.requires_grad_() if requires_grad else z2
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("case", OPTION_CASES)
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_per_row_loss_with_effective_target_eq5_prime(size, case, soft):
+    """l_n = -sum_c q_nc log y_hat_nc is F.cross_entropy(..., reduction="none") for every option."""
+    p, target, options = options_problem(size, case, soft)
+    z2 = logits_of(p)
+    q, _ = effective_target_by_hand(target, size[3], options["weight"], options["label_smoothing"])
+    per_row = -(q * torch.log_softmax(z2, 1)).sum(1)  # (N,)  eq. (5')
+    torch.testing.assert_close(per_row, F.cross_entropy(z2, target, reduction="none", **options))
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("case", OPTION_CASES)
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_mean_divides_by_the_denominator_eq5_prime(size, case, soft):
+    """The mean is sum_n l_n / d: d the summed weights of the rows that count (N for probabilities)."""
+    p, target, options = options_problem(size, case, soft)
+    z2 = logits_of(p)
+    q, d = effective_target_by_hand(target, size[3], options["weight"], options["label_smoothing"])
+    mean = -(q * torch.log_softmax(z2, 1)).sum() / d  # ()  eq. (5'), mean
+    torch.testing.assert_close(mean, F.cross_entropy(z2, target, **options))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("case", OPTION_CASES)
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_generalised_delta2_eq7_prime(size, case, soft, reduction):
+    """delta2 = g (y_hat sum_c q - q) / d against autograd of F.cross_entropy at z2, g an upstream gradient."""
+    p, target, options = options_problem(size, case, soft)
+    z2 = logits_of(p, requires_grad=True)
+    loss = F.cross_entropy(z2, target, reduction=reduction, **options)
+    g = torch.rand(loss.shape, generator=torch.Generator().manual_seed(4), dtype=DTYPE) + 0.5
+    (autograd_delta2,) = torch.autograd.grad(loss, z2, g)
+    q, d = effective_target_by_hand(target, size[3], options["weight"], options["label_smoothing"])
+    y_hat = torch.softmax(z2.detach(), 1)
+    scale = g.unsqueeze(1) if reduction == "none" else (g / d if reduction == "mean" else g)  # (N, 1) or ()
+    delta2 = (y_hat * q.sum(1, keepdim=True) - q) * scale  # (N, C)  eq. (7')
+    torch.testing.assert_close(delta2, autograd_delta2)
+
+
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_generalised_delta2_without_options_is_eq7(size):
+    """No weight, no ignored row, eps = 0: q = y, sum_c q = 1, d = N, and (7') is (7)."""
+    p = make_problem(*size)
+    q, d = effective_target_by_hand(p.target, size[3], None, 0.0)
+    torch.testing.assert_close(q, p.y)
+    assert float(d) == size[0]
+    y_hat = forward(p)["y_hat"]
+    torch.testing.assert_close((y_hat * q.sum(1, keepdim=True) - q) / d, (y_hat - p.y) / size[0])
+
+
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_smoothed_rows_do_not_sum_to_one_so_eq7_needs_its_general_form(size):
+    """With weights, sum_c q_nc is not 1: the short form (y_hat - q)/d of eq. (7) would be wrong."""
+    p, target, options = options_problem(size, "weight")
+    z2 = logits_of(p, requires_grad=True)
+    (autograd_delta2,) = torch.autograd.grad(F.cross_entropy(z2, target, **options), z2)
+    q, d = effective_target_by_hand(target, size[3], options["weight"], 0.0)
+    assert_disagrees((torch.softmax(z2.detach(), 1) - q) / d, autograd_delta2)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("case", OPTION_CASES)
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_probability_target_gradient_eq7_second(size, case, reduction):
+    """dL/dy = -(1 - eps) w log y_hat / d (d = N for the mean, 1 for the sum) against autograd."""
+    p, y, options = options_problem(size, case, soft=True)
+    y = y.clone().requires_grad_()
+    (autograd_grad_y,) = torch.autograd.grad(F.cross_entropy(logits_of(p), y, reduction=reduction, **options), y)
+    w = torch.ones(size[3], dtype=DTYPE) if options["weight"] is None else options["weight"]
+    d = size[0] if reduction == "mean" else 1
+    grad_y = -(1 - options["label_smoothing"]) * w * torch.log_softmax(logits_of(p), 1) / d  # (N, C)  eq. (7'')
+    torch.testing.assert_close(grad_y, autograd_grad_y)
+
+
+@pytest.mark.parametrize("case", ["weight", "all-three"])
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_weight_gradient_for_probability_targets(size, case):
+    """dL/dw_c = -(1/N) sum_n y'_nc log y_hat_nc: F.cross_entropy differentiates w for probabilities."""
+    p, y, options = options_problem(size, case, soft=True)
+    w = options.pop("weight").clone().requires_grad_()
+    (autograd_grad_w,) = torch.autograd.grad(F.cross_entropy(logits_of(p), y, weight=w, **options), w)
+    eps = options["label_smoothing"]
+    y_smoothed = (1 - eps) * y + eps / size[3]  # (N, C)  y'
+    grad_w = -(y_smoothed * torch.log_softmax(logits_of(p), 1)).sum(0) / size[0]  # (C,)
+    torch.testing.assert_close(grad_w, autograd_grad_w)
+
+
+def test_every_row_ignored_gives_nan_mean_and_zero_gradient():
+    """d = 0: the mean is 0/0 = NaN (as F.cross_entropy), every q_n = 0, so delta2 = 0."""
+    p = make_problem(4, 2, 5, 3)
+    target = torch.full((4,), IGNORE)
+    q, d = effective_target_by_hand(target, 3, None, 0.2)
+    assert float(d) == 0 and not q.any()
+    z2 = logits_of(p, requires_grad=True)
+    loss = F.cross_entropy(z2, target, label_smoothing=0.2)
+    (autograd_delta2,) = torch.autograd.grad(loss, z2)
+    assert loss.isnan() and not autograd_delta2.any()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("case", OPTION_CASES)
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_public_loss_with_options_matches_the_derivation(size, case, soft, reduction):
+    """manualgrad's loss: its value is (5'), and every gradient is (8)-(18) from the delta2 of (7')."""
+    p, target, options = options_problem(size, case, soft)
+    q, d = effective_target_by_hand(target, size[3], options["weight"], options["label_smoothing"])
+    f = forward(p)
+    per_row = -(q * torch.log(f["y_hat"])).sum(1)  # (N,)  eq. (5')
+    delta2 = f["y_hat"] * q.sum(1, keepdim=True) - q  # (N, C)  eq. (7'), unit upstream gradient of each row
+    if reduction == "mean":
+        per_row, delta2 = per_row / d, delta2 / d
+    manual = backward_from_delta2(p, f["a1"], delta2)
+    loss = lambda x, *w: functional.two_layer_net_loss(x, target, *w, reduction=reduction, **options)  # noqa: E731
+    upstream = torch.ones(size[0], dtype=DTYPE) if reduction == "none" else None
+    value, grads = api_gradients(loss, p, upstream)
+    torch.testing.assert_close(value, per_row if reduction == "none" else per_row.sum())
+    for name, grad in zip(GRADIENT_ORDER, grads):
+        torch.testing.assert_close(grad, manual[name], msg=lambda m, name=name: f"{name}: {m}")

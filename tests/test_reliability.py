@@ -306,9 +306,9 @@ BAD_INPUTS = [
              cpu_only=True),
     # arguments that do not apply are errors, not ignored
     BadInput("reduction without a target", "forward", lambda x, t, p: (x, None, "bogus"), TypeError,
-             r"reduction='bogus' applies only to the loss: pass a target", surfaces=MODULE),
+             r"reduction='bogus' applies to the loss only: pass a target", surfaces=MODULE),
     BadInput("reduction 'sum' without a target", "forward", lambda x, t, p: (x, None, "sum"), TypeError,
-             "reduction='sum' applies only to the loss", surfaces=MODULE),
+             "reduction='sum' applies to the loss only", surfaces=MODULE),
 ]  # fmt: skip
 
 
@@ -426,11 +426,11 @@ def test_negative_control_a_kernel_before_validation_is_caught(monkeypatch):
 def test_negative_control_a_lost_gradient_is_caught(monkeypatch):
     original = functional.two_layer_net_loss
 
-    def clobbers_grad(x, target, W1, b1, W2, b2, reduction="mean"):
+    def clobbers_grad(x, target, W1, b1, W2, b2, reduction="mean", **options):
         if W2.grad is not None:  # not on the first, good call that makes the .grad
             with torch.no_grad():
                 W2.grad.mul_(0.5)  # state changed before the error, the slip this check exists for
-        return original(x, target, W1, b1, W2, b2, reduction)
+        return original(x, target, W1, b1, W2, b2, reduction, **options)
 
     monkeypatch.setattr(functional, "two_layer_net_loss", clobbers_grad)
     with pytest.raises(AssertionError, match="W2.grad changed"):
@@ -1109,3 +1109,123 @@ def test_repeated_runs_on_the_cpu_are_bit_identical_and_match_the_twin(path, siz
         for i, (a, b) in enumerate(zip((value, *grads), (runs[0][0], *runs[0][1]))):
             assert torch.equal(bits(a), bits(b)), f"output {i} differs between runs"
     assert_close_to_twin(runs[0], grads_keeping_layout(twin, [x, *params], grad_out), torch.float64, path)
+
+
+# ----------------------------------------------------------------------------------------
+# The catalogue, continued: F.cross_entropy's weight, ignore_index and label_smoothing
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadOption:
+    """A bad loss option: ``method`` called with ``args(x, target, probs)`` -> (positional, keyword)."""
+
+    id: str
+    method: str  # "loss" or "forward"
+    args: Callable[..., tuple[tuple, dict]]
+    error: type[Exception]
+    match: str
+    surfaces: tuple[str, ...] = ("module", "functional")
+    cpu_only: bool = False
+
+
+class FunctionalOptionsAPI(FunctionalAPI):
+    """FunctionalAPI whose loss takes the keyword options too."""
+
+    def forward(self, x, target=None, reduction="mean", **options):
+        return self.loss(x, target, reduction, **options)
+
+    def loss(self, x, target, reduction="mean", **options):
+        return functional.two_layer_net_loss(x, target, *self.params, reduction=reduction, **options)
+
+
+def _kw(**options):
+    return lambda x, t, p: ((x, t), options)
+
+
+BAD_OPTIONS = [
+    BadOption("weight is a list", "loss", _kw(weight=[1.0] * C), TypeError,
+              r"weight must be a torch.Tensor, got list; convert it with torch.as_tensor\(weight"),
+    BadOption("weight int64", "loss", _kw(weight=torch.ones(C, dtype=torch.int64)), TypeError,
+              r"weight must be a floating-point tensor, got dtype torch.int64"),
+    BadOption("weight float64, parameters float32", "forward", _kw(weight=torch.ones(C, dtype=torch.float64)),
+              TypeError, r"weight has dtype torch.float64 but the parameters have dtype torch.float32; "
+              r"convert it with weight.to\(torch.float32\)"),
+    BadOption("weight with 5 classes, C = 4", "loss", _kw(weight=torch.ones(C + 1)), ValueError,
+              r"weight must have shape \(4,\), one per class, got \(5,\)"),
+    BadOption("weight of shape (C, 1)", "loss", _kw(weight=torch.ones(C, 1)), ValueError,
+              r"weight must have shape \(4,\), one per class, got \(4, 1\)"),
+    BadOption("weight on meta", "loss", _kw(weight=torch.ones(C, device="meta")), RuntimeError,
+              "Expected all tensors to be on the same device.*weight is on meta and W1 is on {device}"),
+    BadOption("weight sparse", "loss", _kw(weight=torch.ones(C).to_sparse()), TypeError,
+              r"weight must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+    BadOption("weight requires grad, class indices", "loss", _kw(weight=torch.ones(C, requires_grad=True)),
+              RuntimeError, r"weight requires grad, but the loss is not differentiable in weight .*weight.detach\(\)"),
+    BadOption("label_smoothing 1.5", "loss", _kw(label_smoothing=1.5), ValueError,
+              r"label_smoothing must lie in \[0, 1\], got 1.5"),
+    BadOption("label_smoothing negative", "forward", _kw(label_smoothing=-0.1), ValueError,
+              r"label_smoothing must lie in \[0, 1\], got -0.1"),
+    BadOption("label_smoothing NaN", "loss", _kw(label_smoothing=float("nan")), ValueError,
+              r"label_smoothing must lie in \[0, 1\], got nan"),
+    BadOption("label_smoothing str", "loss", _kw(label_smoothing="0.1"), TypeError,
+              r"label_smoothing must be a float in \[0, 1\], got str \('0.1'\)"),
+    BadOption("label_smoothing tensor", "loss", _kw(label_smoothing=torch.tensor(0.1)), TypeError,
+              r"label_smoothing must be a float in \[0, 1\], got Tensor"),
+    BadOption("ignore_index float", "loss", _kw(ignore_index=1.5), TypeError,
+              r"ignore_index must be an int, got float \(1.5\)"),
+    BadOption("ignore_index bool", "forward", _kw(ignore_index=True), TypeError,
+              r"ignore_index must be an int, got bool \(True\)"),
+    BadOption("ignore_index beyond int64", "loss", _kw(ignore_index=2**70), ValueError,
+              rf"ignore_index must fit in int64, got {2**70}"),
+    BadOption("ignore_index with probabilities", "loss", lambda x, t, p: ((x, p), {"ignore_index": 2}), ValueError,
+              r"ignore_index \(2\) applies to class-index targets only, not to probabilities"),
+    BadOption("-100 label with another ignore_index", "loss",
+              lambda x, t, p: ((x, _with(t, 4, -100)), {"ignore_index": 2}), ValueError,
+              r"target holds class index -100 at position 4; class indices must lie in \[0, 4\) "
+              r"or equal ignore_index \(2\)", cpu_only=True),
+    BadOption("label == C with ignore_index set", "forward",
+              lambda x, t, p: ((x, _with(_with(t, 0, 3), 1, C)), {"ignore_index": 3}), ValueError,
+              r"target holds class index 4 at position 1; class indices must lie in \[0, 4\)", cpu_only=True),
+    BadOption("weight without a target", "forward", lambda x, t, p: ((x,), {"weight": torch.ones(C)}), TypeError,
+              r"weight applies to the loss only: pass a target", surfaces=MODULE),
+    BadOption("reduction without a target", "forward", lambda x, t, p: ((x, None, "bogus"), {}), TypeError,
+              r"reduction='bogus' applies to the loss only: pass a target", surfaces=MODULE),
+]  # fmt: skip
+
+
+def _option_cases():
+    for entry in BAD_OPTIONS:
+        for surface in entry.surfaces:
+            yield pytest.param(entry, surface, id=f"{entry.id}-{surface}")
+
+
+def test_option_catalogue_ids_are_unique_and_new():
+    ids = [entry.id for entry in BAD_OPTIONS]
+    assert len(ids) == len(set(ids)) and not set(ids) & {entry.id for entry in BAD_INPUTS}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("entry", "surface"), list(_option_cases()))
+def test_bad_loss_option_is_refused_before_any_kernel_and_nothing_is_lost(entry, surface, device):
+    if entry.cpu_only and device != "cpu":
+        pytest.skip("off the CPU the class range is checked by scatter and gather in the loss")
+    torch.manual_seed(0)
+    model = TwoLayerNet(D, H, C, device=device)
+    x, target, probs = _good_inputs(device)
+    model.loss(x, target).backward()  # existing .grad that must survive the bad call
+    before = {name: (p, bits(p), p.grad, bits(p.grad)) for name, p in model.named_parameters()}
+    args, options = entry.args(x, target, probs)
+    api = FunctionalOptionsAPI(model) if surface == "functional" else model
+    match = entry.match.replace("{device}", re.escape(str(model.W1.device)))
+    watched = [*model.parameters(), *(p.grad for p in model.parameters()), x]
+    with RecordOps(watched=watched) as recorder:
+        with pytest.raises(entry.error, match=match):
+            getattr(api, entry.method)(*args, **options)
+    if entry.cpu_only:  # the range check reads the target's values, and nothing else
+        assert [op for op, touches in recorder.ops if touches] == [], "x, a parameter or a .grad was used"
+    else:
+        assert recorder.ops == [], f"kernels ran before the error: {recorder.ops}"
+    for name, p in model.named_parameters():
+        p0, p0_bits, grad0, grad0_bits = before[name]
+        assert p is p0 and p.grad is grad0, f"{name} or its .grad was replaced"
+        assert torch.equal(bits(p), p0_bits) and torch.equal(bits(p.grad), grad0_bits), f"{name} or its .grad changed"
