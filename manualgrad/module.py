@@ -82,11 +82,10 @@ class TwoLayerNet(nn.Module):
         self.in_features = in_features
         self.hidden_features = hidden_features
         self.out_features = out_features
-        factory = {"device": device, "dtype": dtype}
-        self.W1 = nn.Parameter(torch.empty(in_features, hidden_features, **factory))
-        self.b1 = nn.Parameter(torch.empty(hidden_features, **factory))
-        self.W2 = nn.Parameter(torch.empty(hidden_features, out_features, **factory))
-        self.b2 = nn.Parameter(torch.empty(out_features, **factory))
+        self.W1 = nn.Parameter(torch.empty(in_features, hidden_features, device=device, dtype=dtype))
+        self.b1 = nn.Parameter(torch.empty(hidden_features, device=device, dtype=dtype))
+        self.W2 = nn.Parameter(torch.empty(hidden_features, out_features, device=device, dtype=dtype))
+        self.b2 = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

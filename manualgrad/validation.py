@@ -135,7 +135,7 @@ def check_reduction(reduction: object) -> str:
         raise TypeError(f"reduction must be a str, one of {REDUCTIONS}, got {type(reduction).__name__} ({reduction!r})")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction  # type: ignore[return-value]
+    return reduction
 
 
 def check_target(
