@@ -40,6 +40,12 @@ PRECOMPUTE_MIN_ROWS = 256
 SIGMOID_TANH_MIN_ELEMENTS = 4096
 # a1 W2 with W2 in column-major layout pays on the CPU from this many rows of a1.
 COLUMN_MAJOR_MIN_ROWS = 16
+# Probs and logits in eager mode, from this many rows: forward and backward by row chunks
+# (``chunked.py``), a1 recomputed in backward instead of saved. Below, a1 is saved: one pass fewer.
+CHUNKED_NETWORK_MIN_ROWS = 1024
+# Rows per chunk of those kernels: the (rows, H) buffers stay in cache on the CPU.
+NETWORK_CHUNK_ROWS = 1024
+NETWORK_CHUNK_ROWS_ACCELERATOR = 16384
 
 
 # ----------------------------------------------------------------------------------------
@@ -80,6 +86,28 @@ def sigmoid_tanh_pays(x: Tensor, hidden: int) -> bool:
 def column_major_pays(W2: Tensor, rows: int) -> bool:
     """Whether a1 (rows, H) W2 runs with W2 in column-major layout."""
     return W2.device.type == "cpu" and rows >= COLUMN_MAJOR_MIN_ROWS
+
+
+def eager(x: Tensor) -> bool:
+    """True in plain eager mode: not under torch.compile, export, make_fx, torch.func, nor for a
+    symbolic batch size. Only then may a size-tuned path be chosen (issue 12)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if type(x.shape[0]) is not int:  # a SymInt
+        return False
+    keys = torch._C._TorchDispatchModeKey  # make_fx, non-strict export, FakeTensorMode
+    return torch._C._get_dispatch_mode(keys.PROXY) is None and torch._C._get_dispatch_mode(keys.FAKE) is None
+
+
+def network_chunk_rows(device: torch.device) -> int:
+    """Rows per chunk of the chunked probs and logits kernels on this device."""
+    return NETWORK_CHUNK_ROWS if device.type == "cpu" else NETWORK_CHUNK_ROWS_ACCELERATOR
+
+
+def network_in_chunks(x: Tensor) -> bool:
+    """Whether probs and logits run by row chunks, recomputing a1 in backward: eager, from
+    ``CHUNKED_NETWORK_MIN_ROWS`` rows of x (N, D)."""
+    return x.shape[0] >= CHUNKED_NETWORK_MIN_ROWS and eager(x)
 
 
 class LossStrategy(NamedTuple):
