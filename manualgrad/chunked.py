@@ -20,10 +20,9 @@ Every pass over a (rows, H) chunk counts; these identities remove passes:
 
 * eq. (1) with the bias inside the product: z1 = [x, 1] [W1; b1], one matmul and no bias copy;
 * ``sigmoid_form`` (CPU, where sigmoid is several times cheaper than tanh): eq. (2) as
-  tanh z1 = 2 s - 1 with s = sigmoid(2 z1), the 2 folded into [W1; b1]; a1 itself is never
-  formed: eq. (3) a1 W2 = s (2 W2) - 1^T W2, eq. (14) a1^T delta2 = 2 s^T delta2 - (1^T delta2)^T,
-  and eq. (11) dL/da1 (1 - a1^2) = (delta2 4 W2^T) s (1 - s), one fused ``sigmoid_backward``;
-* otherwise eq. (11) is one fused ``tanh_backward``: g (1 - a1^2);
+  tanh z1 = 2 sigmoid(2 z1) - 1, the 2 folded into [W1; b1]. (a1 is still formed as 2 s - 1:
+  rewriting eq. (14) as 2 s^T delta2 - 1^T delta2 saves a pass but cancels digits in float32);
+* eq. (11) as one fused ``tanh_backward``: dL/da1 (1 - a1^2) in one pass;
 * eq. (16) and (17) in one product: [x, 1]^T delta1 = [dW1; db1].
 """
 
@@ -73,19 +72,14 @@ def network_output_chunked(
     if N == 0:
         return z2
     rows = _rows_of(N, chunk_rows)
-    hidden = x.new_empty(rows, H)  # (rows, H)  z1, then a1 (or 2 z1, then s), chunk after chunk
+    hidden = x.new_empty(rows, H)  # (rows, H)  z1, then a1, chunk after chunk
     x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
-    if sigmoid_form:  # a1 W2 + b2 = s (2 W2) + (b2 - 1^T W2), eq. (3) with a1 = 2 s - 1
-        W2_a, b2_a = W2 * 2, b2 - W2.sum(0)  # (H, C), (C,)
-    else:
-        W2_a, b2_a = W2, b2
-    W2_a = column_major(W2_a) if column_major_W2 else W2_a  # (H, C)
+    W2_cols = column_major(W2) if column_major_W2 else W2  # (H, C)
     for start in range(0, N, rows):
         xs_1 = x_1[start : start + rows]  # (n, D + 1)
         n = xs_1.shape[0]
-        z = torch.mm(xs_1, W1_b1, out=hidden[:n])  # (n, H)  eq. (1): z1, or 2 z1 in the sigmoid form
-        a = z.sigmoid_() if sigmoid_form else z.tanh_()  # (n, H)  s = sigmoid(2 z1), or a1, eq. (2)
-        torch.addmm(b2_a, a, W2_a, out=z2[start : start + n])  # (n, C)  eq. (3)
+        a1 = _activation(xs_1, W1_b1, hidden[:n], sigmoid_form)  # (n, H)  eq. (1), (2)
+        torch.addmm(b2, a1, W2_cols, out=z2[start : start + n])  # (n, C)  eq. (3)
     return torch.softmax(z2, 1) if probabilities else z2  # (N, C)  eq. (4)
 
 
@@ -114,43 +108,41 @@ def backward_from_logits_chunked(
         zeros = [torch.zeros_like(t) if n else None for t, n in zip((x, W1, b1, W2), needs)]
         return (*zeros, grad_b2)
     rows = _rows_of(N, chunk_rows)
-    hidden = x.new_empty(rows, H)  # (rows, H)  2 z1, then s (or z1, then a1)
+    hidden = x.new_empty(rows, H)  # (rows, H)  z1, then a1
     grad_hidden = x.new_empty(rows, H) if need_delta1 else None  # (rows, H)  dL/da1, then delta1
     grad_x = x.new_empty(x.shape) if need_x else None  # (N, D)
     x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
-    # sigmoid form: dL/da1 (1 - a1^2) = (delta2 4 W2^T) s (1 - s), eq. (10), (11): the 4 rides on W2
-    W2_T = W2.t() * 4 if sigmoid_form else W2.t()  # (C, H)
+    W2_T = W2.t()  # (C, H)
     grad_W1_b1 = grad_W2_T = None  # (D + 1, H): [dW1; db1]; (C, H): dW2^T
     for start in range(0, N, rows):
         xs_1, gs = x_1[start : start + rows], grad_z2[start : start + rows]  # (n, D + 1), (n, C)
         n = xs_1.shape[0]
-        z = torch.mm(xs_1, W1_b1, out=hidden[:n])  # (n, H)  eq. (1): z1, or 2 z1 in the sigmoid form
-        a = z.sigmoid_() if sigmoid_form else z.tanh_()  # (n, H)  s = sigmoid(2 z1), or a1, eq. (2)
-        if need_W2:  # eq. (14), transposed: delta2^T a1, or 2 delta2^T s (its - 1^T delta2 after the loop)
-            grad_W2_T = _accumulate_mm(grad_W2_T, gs.t(), a, alpha=2 if sigmoid_form else 1)  # (C, H)
+        a1 = _activation(xs_1, W1_b1, hidden[:n], sigmoid_form)  # (n, H)  eq. (1), (2), recomputed
+        if need_W2:
+            grad_W2_T = _accumulate_mm(grad_W2_T, gs.t(), a1)  # (C, H)  eq. (14), transposed: delta2^T a1
         if not need_delta1:
             continue
-        grad_a1 = torch.mm(gs, W2_T, out=grad_hidden[:n])  # (n, H)  eq. (10), times 4 in the sigmoid form
-        if sigmoid_form:  # (n, H)  eq. (11): 4 dL/da1 s (1 - s) = dL/da1 (1 - a1^2)
-            delta1 = torch.ops.aten.sigmoid_backward.grad_input(grad_a1, a, grad_input=grad_a1)
-        else:  # (n, H)  eq. (11): dL/da1 (1 - a1^2)
-            delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a, grad_input=grad_a1)
+        grad_a1 = torch.mm(gs, W2_T, out=grad_hidden[:n])  # (n, H)  eq. (10)
+        # (n, H)  eq. (11): dL/da1 (1 - a1^2), one fused pass, in place
+        delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)
         if need_W1 or need_b1:
             grad_W1_b1 = _accumulate_mm(grad_W1_b1, xs_1.t(), delta1)  # (D + 1, H)  eq. (16), (17)
         if need_x:
             torch.mm(delta1, W1.t(), out=grad_x[start : start + n])  # (n, D)  eq. (18)
-    grad_W2 = None
-    if need_W2:
-        if sigmoid_form:  # the - (1^T delta2)^T of a1^T delta2 = 2 s^T delta2 - (1^T delta2)^T
-            column_sums = grad_z2.sum(0) if grad_b2 is None else grad_b2  # (C,)  1^T delta2
-            grad_W2_T.sub_(column_sums.unsqueeze(1))  # (C, H)
-        grad_W2 = grad_W2_T.t()  # (H, C)  eq. (14)
+    grad_W2 = grad_W2_T.t() if need_W2 else None  # (H, C)  eq. (14)
     grad_W1 = grad_W1_b1[:D] if need_W1 else None  # (D, H)  eq. (16)
     grad_b1 = grad_W1_b1[D] if need_b1 else None  # (H,)  eq. (17)
     return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
 
 
-def _accumulate_mm(total: Tensor | None, a: Tensor, b: Tensor, alpha: float = 1) -> Tensor:
-    if total is None:
-        return torch.mm(a, b) if alpha == 1 else torch.mm(a, b).mul_(alpha)
-    return total.addmm_(a, b, alpha=alpha)
+def _activation(xs_1: Tensor, W1_b1: Tensor, out: Tensor, sigmoid_form: bool) -> Tensor:
+    """a1 = tanh([x, 1] [W1; b1]) (n, H) into ``out``, eq. (1), (2); in the sigmoid form W1_b1 is doubled."""
+    z = torch.mm(xs_1, W1_b1, out=out)  # (n, H)  eq. (1): z1, or 2 z1 in the sigmoid form
+    if not sigmoid_form:
+        return z.tanh_()  # (n, H)  eq. (2)
+    s = z.sigmoid_()  # (n, H)  sigmoid(2 z1)
+    return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)  # (n, H)  eq. (2): 2 sigmoid(2 z1) - 1
+
+
+def _accumulate_mm(total: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    return torch.mm(a, b) if total is None else total.addmm_(a, b)
