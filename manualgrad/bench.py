@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils import benchmark
 
-from . import reference
+from . import bench_paths, reference
 from .cli import positive_float, positive_int
 from .module import TwoLayerNet
 
@@ -444,6 +444,27 @@ def write_plot(results: Sequence[SizeResult], hidden: int, path: str) -> str | N
 # ----------------------------------------------------------------------------------------
 
 
+def _title(device: str, hidden: int) -> str:
+    machine = _machine() if device == "cpu" else torch.cuda.get_device_name()
+    return (
+        f"training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}; {machine}, {torch.get_num_threads()} threads"
+    )
+
+
+def _machine() -> str:
+    """The CPU's model name (lscpu's), or the platform's processor."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="manualgrad bench",
@@ -511,12 +532,31 @@ def main(argv: list[str] | None = None) -> int:
     print(format_times(results))
     print()
     print(format_memory(results))
+    path_results = []
+    for device in devices:
+        path_results += bench_paths.run(
+            sizes,
+            args.hidden,
+            device,
+            rounds=max(repeats, 3),
+            min_block=min_run_time,
+            optimizer_sizes=sizes[:1] if args.quick else bench_paths.OPTIMIZER_SIZES,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        print()
+        print(bench_paths.format_table([r for r in path_results if r.device == device], device))
+    print()
+    print(bench_paths.format_targets([r for r in path_results if r.device == "cpu"]))
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_step.json"), "w") as file:
-        json.dump({"hidden": args.hidden, "results": [asdict(r) for r in results]}, file, indent=1)
+        paths = [{**asdict(r), "ratio": r.ratio, "noisy": r.noisy} for r in path_results]
+        json.dump({"hidden": args.hidden, "results": [asdict(r) for r in results], "paths": paths}, file, indent=1)
     if not args.no_plot:
-        written = write_plot(results, args.hidden, os.path.join(args.out, "bench_step.png"))
+        cpu_paths = [r for r in path_results if r.device == devices[0]]
+        written = bench_paths.write_plot(
+            cpu_paths, args.hidden, os.path.join(args.out, "bench_step.png"), _title(devices[0], args.hidden)
+        )
         print(f"\nplot: {written}" if written else "\nplot: matplotlib is not installed, no PNG written")
     bad = [r for r in results if not r.max_grad_error < 1e-3]
     if bad:

@@ -169,7 +169,7 @@ def check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, *, autocast:
 
 
 def _check_class_range(target: Tensor, C: int) -> None:
-    flat = target.reshape(-1).long()  # comparisons and aminmax are not implemented for uint16-uint64
+    flat = target if target.dtype == torch.int64 and target.dim() == 1 else target.reshape(-1).long()
     if flat.numel() <= 64:  # a few labels: reading them as a list is cheaper than any kernel
         labels = flat.tolist()
         lowest, highest = min(labels), max(labels)
