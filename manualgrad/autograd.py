@@ -97,6 +97,8 @@ def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated) -> 
     """
     if differentiated:
         return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=False)
+    if a1 is None and _batched(grad_z2):  # vmap over the backward (batched gradcheck): no out= kernels there
+        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
     if a1 is None:
         return backward_from_logits_chunked(
             grad_z2,
@@ -109,6 +111,12 @@ def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated) -> 
             sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
         )
     return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True)
+
+
+def _batched(grad: Tensor) -> bool:
+    """Whether an upstream gradient is vmap-batched (gradcheck's batched-grad check) or a wrapper tensor."""
+    functorch = torch._C._functorch
+    return type(grad) is not Tensor or functorch.is_legacy_batchedtensor(grad) or functorch.is_batchedtensor(grad)
 
 
 class LogitsFunctionNoJvp(Function):

@@ -197,3 +197,12 @@ def test_probs_and_logits_hold_under_a_tenth_of_autograd_at_65536_rows(path):
     theirs = bench.saved_bytes(fns[f"autograd {path}"], inputs)
     assert mine[2] <= 0.10 * theirs[2]  # held: what the graph keeps from being freed
     assert theirs[2] >= 65536 * bench.HIDDEN * 4  # autograd holds at least a1 (N, H)
+
+
+def test_gradcheck_with_batched_gradients_and_forward_ad_through_the_chunked_path(chunked):
+    """gradcheck's batched-gradient check vmaps the backward: the chunked kernels (out=) are not
+    vmap-able, so a batched upstream gradient takes the saved-a1 formulas on a recomputed a1."""
+    x, _, params = make_problem(2 * CHUNK + 1, D=3, H=6, C=3)
+    inputs = [t.clone().requires_grad_() for t in (x, *params)]
+    for manual in (functional.two_layer_net, functional.two_layer_net_logits):
+        assert torch.autograd.gradcheck(manual, inputs, check_batched_grad=True, check_forward_ad=True)
