@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from . import modes
+from .chunked import backward_from_logits_chunked, network_output_chunked
 from .kernels import (
     add_tangents,
     backward_from_logits,
@@ -71,6 +72,53 @@ def _loss_forward(
     return a1, log_probs
 
 
+def _network_chunked(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, *, probabilities: bool) -> Tensor:
+    """z2 or y_hat (N, C) by row chunks, never allocating (N, H); eager mode only."""
+    rows = modes.network_chunk_rows(x.device)
+    return network_output_chunked(
+        x,
+        W1,
+        b1,
+        W2,
+        b2,
+        chunk_rows=rows,
+        sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
+        column_major_W2=modes.column_major_pays(W2, min(x.shape[0], rows)),
+        probabilities=probabilities,
+    )
+
+
+def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated) -> tuple[Tensor | None, ...]:
+    """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2, eq. (10)-(18), for probs and logits.
+
+    ``differentiated`` (double backward, torch.func): a1 was recomputed by the caller with
+    differentiable ops, and the formulas are recorded. First order: from the saved a1, or, where
+    the chunked forward kept none, recomputing it chunk by chunk (``chunked.py``).
+    """
+    if differentiated:
+        return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=False)
+    if a1 is None and _batched(grad_z2):  # vmap over the backward (batched gradcheck): no out= kernels there
+        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+    if a1 is None:
+        return backward_from_logits_chunked(
+            grad_z2,
+            x,
+            W1,
+            b1,
+            W2,
+            needs,
+            chunk_rows=modes.network_chunk_rows(x.device),
+            sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
+        )
+    return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True)
+
+
+def _batched(grad: Tensor) -> bool:
+    """Whether an upstream gradient is vmap-batched (gradcheck's batched-grad check) or a wrapper tensor."""
+    functorch = torch._C._functorch
+    return type(grad) is not Tensor or functorch.is_legacy_batchedtensor(grad) or functorch.is_batchedtensor(grad)
+
+
 class LogitsFunctionNoJvp(Function):
     """z2 = tanh(x W1 + b1) W2 + b2 with a hand-written backward; see :class:`LogitsFunction`."""
 
@@ -78,6 +126,8 @@ class LogitsFunctionNoJvp(Function):
 
     @staticmethod
     def forward(x, W1, b1, W2, b2):
+        if modes.network_in_chunks(x):  # eager, many rows: a1 is not kept, backward recomputes it
+            return _network_chunked(x, W1, b1, W2, b2, probabilities=False), None  # (N, C)  eq. (1)-(3)
         a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
         z2 = output_logits(a1, _W2_for(W2, x.shape[0]), b2)  # (N, C)  eq. (3)
         return z2, a1
@@ -86,7 +136,8 @@ class LogitsFunctionNoJvp(Function):
     def setup_context(ctx, inputs, output):
         x, W1, b1, W2, b2 = inputs
         _, a1 = output
-        ctx.mark_non_differentiable(a1)
+        if a1 is not None:
+            ctx.mark_non_differentiable(a1)
         ctx.set_materialize_grads(False)
         ctx.device_type = x.device.type
         ctx.save_for_backward(x, W1, b1, W2, b2, a1)
@@ -101,7 +152,7 @@ class LogitsFunctionNoJvp(Function):
         differentiated = backward_is_differentiated()
         if differentiated:
             a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
-        return backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad, in_place=not differentiated)
+        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)
 
 
 class LogitsFunction(LogitsFunctionNoJvp):
@@ -110,7 +161,9 @@ class LogitsFunction(LogitsFunctionNoJvp):
     @staticmethod
     @in_parameter_precision
     def jvp(ctx, tx, tW1, tb1, tW2, tb2):
-        x, W1, _, W2, _, a1 = ctx.saved_tensors
+        x, W1, b1, W2, _, a1 = ctx.saved_tensors
+        if a1 is None:  # not kept by the chunked forward
+            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
         return tz2, None
 
@@ -122,6 +175,8 @@ class ProbsFunctionNoJvp(Function):
 
     @staticmethod
     def forward(x, W1, b1, W2, b2):
+        if modes.network_in_chunks(x):  # eager, many rows: a1 is not kept, backward recomputes it
+            return _network_chunked(x, W1, b1, W2, b2, probabilities=True), None  # (N, C)  eq. (1)-(4)
         a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
         y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4)
         return y_hat, a1
@@ -130,7 +185,8 @@ class ProbsFunctionNoJvp(Function):
     def setup_context(ctx, inputs, output):
         x, W1, b1, W2, b2 = inputs
         y_hat, a1 = output
-        ctx.mark_non_differentiable(a1)
+        if a1 is not None:
+            ctx.mark_non_differentiable(a1)
         ctx.set_materialize_grads(False)
         ctx.device_type = x.device.type
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
@@ -147,7 +203,7 @@ class ProbsFunctionNoJvp(Function):
             a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
             y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4), recorded
         grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)
-        return backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad, in_place=not differentiated)
+        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)
 
 
 class ProbsFunction(ProbsFunctionNoJvp):
@@ -156,7 +212,9 @@ class ProbsFunction(ProbsFunctionNoJvp):
     @staticmethod
     @in_parameter_precision
     def jvp(ctx, tx, tW1, tb1, tW2, tb2):
-        x, W1, _, W2, _, a1, y_hat = ctx.saved_tensors
+        x, W1, b1, W2, _, a1, y_hat = ctx.saved_tensors
+        if a1 is None:  # not kept by the chunked forward
+            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
         return (None if tz2 is None else softmax_jvp(tz2, y_hat)), None
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils import benchmark
 
-from . import reference
+from . import bench_paths, reference
 from .arguments import (
     Parser,
     check_output_names,
@@ -447,46 +447,30 @@ def _share(mine: int, theirs: int) -> str:
     return f"{mine / theirs:.1%}" if theirs else "-"
 
 
-def write_plot(results: Sequence[SizeResult], hidden: int, path: str | os.PathLike[str]) -> str | None:
-    """Log-log time per step against N, one line per path and device; None without matplotlib.
-
-    The figure is a ``matplotlib.figure.Figure`` on its own Agg canvas: pyplot and the
-    caller's backend are left alone.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for device in dict.fromkeys(r.device for r in results):
-        rows = [r for r in results if r.device == device]
-        for name in PATHS:
-            points = [(r.N, r.times[name]) for r in rows if name in r.times]
-            if points:
-                Ns, times = zip(*points)
-                ax.plot(Ns, times, marker="o", label=f"{name} ({device})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size N")
-    ax.set_ylabel("seconds per training step")
-    threads = torch.get_num_threads()
-    ax.set_title(
-        f"one training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}, {threads} threads, {_load()}",
-        fontsize=10,
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return str(path)
-
-
 # ----------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------
+
+
+def _title(device: str, hidden: int) -> str:
+    machine = _machine() if device == "cpu" else torch.cuda.get_device_name()
+    return (
+        f"training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}; {machine}, {torch.get_num_threads()} threads"
+    )
+
+
+def _machine() -> str:
+    """The CPU's model name (lscpu's), or the platform's processor."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 JSON_NAME, PLOT_NAME = "bench_step.json", "bench_step.png"
@@ -602,13 +586,38 @@ def run_command(args: argparse.Namespace) -> int:
     print(format_times(results))
     print()
     print(format_memory(results))
+    path_results = []
+    for device in devices:
+        path_results += bench_paths.run(
+            sizes,
+            args.hidden,
+            device,
+            rounds=max(repeats, 3),
+            min_block=min_run_time,
+            optimizer_sizes=sizes[:1] if args.quick else bench_paths.OPTIMIZER_SIZES,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        print()
+        print(bench_paths.format_table([r for r in path_results if r.device == device], device))
+    print()
+    print(bench_paths.format_targets([r for r in path_results if r.device == "cpu"]))
 
     if args.out is not None:
         with staged_output(args.out) as stage:  # all files or none
             with open(stage / JSON_NAME, "w") as file:
-                summary = {"hidden": args.hidden, "machine": _load(), "results": [asdict(r) for r in results]}
+                paths = [{**asdict(r), "ratio": r.ratio, "noisy": r.noisy} for r in path_results]
+                summary = {
+                    "hidden": args.hidden,
+                    "machine": _load(),
+                    "results": [asdict(r) for r in results],
+                    "paths": paths,
+                }
                 json.dump(summary, file, indent=1)
-            plotted = None if args.no_plot else write_plot(results, args.hidden, stage / PLOT_NAME)
+            plotted = None
+            if not args.no_plot:
+                cpu_paths = [r for r in path_results if r.device == devices[0]]
+                title = f"{_title(devices[0], args.hidden)}, {_load()}"
+                plotted = bench_paths.write_plot(cpu_paths, args.hidden, str(stage / PLOT_NAME), title)
         print(f"\nwrote {args.out / JSON_NAME}")
         if plotted:
             print(f"wrote {args.out / PLOT_NAME}")

@@ -70,12 +70,61 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
     return without_jvp if torch.compiler.is_compiling() else with_jvp
 
 
+# The boundary checks read only metadata (kind, dtype, device, layout, shape), except the class
+# range of a target. Metadata that passed once passes again: in plain eager mode the checks run
+# once per combination (at most _MAX_CHECKED kept), then a dict lookup stands in for them.
+_MAX_CHECKED = 256
+_checked: dict[tuple, bool] = {}
+
+
+def _metadata(*tensors: object) -> tuple | None:
+    """What the boundary checks read of these tensors, or None where it must not be cached."""
+    if torch.compiler.is_compiling():  # traced: the checks cost nothing at run time
+        return None
+    try:
+        return tuple(m for t in tensors for m in (type(t), t.dtype, t.device, t.layout, t.shape))  # type: ignore[attr-defined]
+    except AttributeError:  # not a tensor: the checks say what it is
+        return None
+
+
+def _seen(key: tuple | None) -> bool:
+    try:
+        return key is not None and key in _checked
+    except TypeError:  # symbolic sizes (make_fx, export) cannot be hashed: check every time
+        return False
+
+
+def _remember(key: tuple | None) -> None:
+    if key is not None and len(_checked) < _MAX_CHECKED:
+        try:
+            _checked[key] = True
+        except TypeError:  # symbolic sizes
+            pass
+
+
 def _prepare(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, bool]:
+    autocast = isinstance(x, Tensor) and autocast_enabled(x.device.type)
+    key = _metadata(x, W1, b1, W2, b2)
+    key = None if key is None else (*key, autocast)
+    if _seen(key):
+        return x, autocast  # type: ignore[return-value]
     validation.check_parameters(W1, b1, W2, b2)
     x = validation.require_tensor("x", x)
-    autocast = autocast_enabled(x.device.type)
     x = validation.check_input(x, W1, autocast=autocast)
+    _remember(key)
     return x, autocast
+
+
+def _check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, autocast: bool) -> Tensor:
+    """``validation.check_target`` (metadata only), decided once per combination (see ``_checked``).
+
+    The class range needs the values: the caller checks it on every call."""
+    key = _metadata(target, x, W1, W2)
+    key = None if key is None else (*key, "target", autocast)
+    if not _seen(key):
+        target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
+        _remember(key)
+    return target  # type: ignore[return-value]  (a key is only made for tensors)
 
 
 def _apply_network(function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool):
@@ -211,7 +260,7 @@ def two_layer_net_loss(
     x, autocast = _prepare(x, W1, b1, W2, b2)
     reduction = validation.check_reduction(reduction)
     check_values = x.device.type == "cpu" and not modes.tracing(x)  # else gather checks the range
-    target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
+    target = _check_target(target, x, W1, W2, autocast)
     weight, label_smoothing = validation.check_loss_options(
         weight, ignore_index, label_smoothing, target, W1, W2, autocast=autocast
     )

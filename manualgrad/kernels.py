@@ -253,7 +253,7 @@ def loss_and_gradients(
         return x.new_zeros(()), zero_grads
     rows = min(N, chunk_rows)
     chunked = rows < N  # one chunk: no slices, no buffers, the fresh tensors are updated in place
-    hidden = x.new_empty(rows, H) if chunked else None  # (rows, H)  z1, then a1, then a1^2
+    hidden = x.new_empty(rows, H) if chunked else None  # (rows, H)  z1, then a1
     grad_hidden = x.new_empty(rows, H) if chunked and need_delta1 else None  # (rows, H)  dL/da1, then delta1
     grad_x = x.new_empty(x.shape) if need_x and chunked else None  # (N, D)
     W2_cols = column_major(W2) if column_major_W2 else W2  # (H, C)
@@ -276,7 +276,8 @@ def loss_and_gradients(
             grad_b2 = _accumulate(grad_b2, delta2.sum(0))  # (C,)  eq. (15)
         if need_delta1:
             grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)  # (n, H)  eq. (10)
-            delta1 = grad_a1.addcmul_(grad_a1, a1.square_(), value=-1)  # (n, H)  eq. (11): dL/da1 (1 - a1^2)
+            # (n, H)  eq. (11): dL/da1 (1 - a1^2), one fused pass in place
+            delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)
             if need_W1:
                 grad_W1 = _accumulate_mm(grad_W1, xs.t(), delta1)  # (D, H)  eq. (16)
             if need_b1:

@@ -40,6 +40,12 @@ PRECOMPUTE_MIN_ROWS = 256
 SIGMOID_TANH_MIN_ELEMENTS = 4096
 # a1 W2 with W2 in column-major layout pays on the CPU from this many rows of a1.
 COLUMN_MAJOR_MIN_ROWS = 16
+# Probs and logits in eager mode, from this many rows: forward and backward by row chunks
+# (``chunked.py``), a1 recomputed in backward instead of saved. Below, a1 is saved: one pass fewer.
+CHUNKED_NETWORK_MIN_ROWS = 1024
+# Rows per chunk of those kernels: the (rows, H) buffers stay in cache on the CPU.
+NETWORK_CHUNK_ROWS = 1024
+NETWORK_CHUNK_ROWS_ACCELERATOR = 16384
 
 
 # ----------------------------------------------------------------------------------------
@@ -93,6 +99,17 @@ def column_major_pays(W2: Tensor, rows: int) -> bool:
     if type(rows) is not int or tracing():
         return False
     return W2.device.type == "cpu" and rows >= COLUMN_MAJOR_MIN_ROWS
+
+
+def network_chunk_rows(device: torch.device) -> int:
+    """Rows per chunk of the chunked probs and logits kernels on this device."""
+    return NETWORK_CHUNK_ROWS if device.type == "cpu" else NETWORK_CHUNK_ROWS_ACCELERATOR
+
+
+def network_in_chunks(x: Tensor) -> bool:
+    """Whether probs and logits run by row chunks, recomputing a1 in backward: eager, from
+    ``CHUNKED_NETWORK_MIN_ROWS`` rows of x (N, D)."""
+    return not tracing(x) and x.shape[0] >= CHUNKED_NETWORK_MIN_ROWS
 
 
 class LossStrategy(NamedTuple):

@@ -195,7 +195,8 @@ def check_class_indices(target: Tensor, C: int, ignore_index: int) -> bool:
         return True
     if type(target) is not Tensor:
         return False
-    flat = target.reshape(-1).long()  # comparisons and aminmax are not implemented for uint16-uint64
+    # comparisons and aminmax are not implemented for uint16-uint64; int64 rows need no copy
+    flat = target if target.dtype == torch.int64 and target.dim() == 1 else target.reshape(-1).long()
     ignore_in_range = 0 <= ignore_index < C
     if flat.numel() <= 64:  # a few labels: reading them as a list is cheaper than any kernel
         labels = flat.tolist()

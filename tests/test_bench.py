@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DEVICES, assert_matches_twin, loss_strategy, make_problem, value_and_grads
 
-from manualgrad import bench, functional, reference
+from manualgrad import bench, bench_paths, functional, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,29 @@ def test_quick_benchmark_prints_the_tables(quick_run):
         assert set(r["times"]) == {"manualgrad", "autograd", "numpy"}  # --quick: no compile
         assert all(t > 0 for t in r["times"].values())
         assert r["max_grad_error"] < 1e-4  # float32, manualgrad against autograd
+
+
+def test_quick_benchmark_times_every_path_and_the_optimizer_steps(quick_run):
+    code, output, _, out = quick_run
+    assert code == 0, output
+    assert "eager autograd time / manualgrad time" in output and "Targets" in output
+    paths = json.loads((out / "bench_step.json").read_text())["paths"]
+    measured = {(p["path"], p["N"]) for p in paths}
+    expected = {(path, N) for path in bench_paths.PATHS for N in bench.QUICK_SIZES}
+    expected |= {(f"loss+{opt}", bench.QUICK_SIZES[0]) for opt in bench_paths.OPTIMIZERS}
+    assert measured == expected
+    for p in paths:
+        assert len(p["ratios"]) >= 3 and all(r > 0 for r in p["ratios"]) and p["manualgrad"] > 0
+
+
+def test_spread_flags_noise_and_targets_say_so():
+    steady = bench_paths.PathResult("cpu", "loss", 4096, 1e-3, 4e-3, [4.0, 4.1, 3.9])
+    noisy = bench_paths.PathResult("cpu", "cross_entropy", 4096, 1e-3, 3e-3, [3.1, 1.0, 6.0])
+    assert (steady.ratio, steady.noisy, noisy.noisy) == (4.0, False, True)
+    assert "4.00x [3.90-4.10] |" in bench_paths.format_table([steady, noisy], "cpu")
+    targets = bench_paths.format_targets([steady, noisy]).splitlines()
+    assert any("loss" in line and "met" in line and "UNMET" not in line for line in targets)
+    assert any("cross_entropy" in line and "met (noisy)" in line for line in targets)
 
 
 def test_quick_benchmark_writes_the_plot(quick_run):

@@ -1,0 +1,148 @@
+"""Row-chunked kernels for the probs and logits paths: fused activation recomputation.
+
+The network's outputs z2 and y_hat are (N, C) with C small, while its hidden activation a1 is
+(N, H) with H large (500 by default). Native autograd keeps a1 (and more) alive from forward to
+backward. These kernels never allocate anything of size (N, H):
+
+* :func:`network_output_chunked`: z2 (or y_hat), eq. (1)-(4), a chunk of rows at a time, through
+  one (rows, H) buffer that stays in cache; only x (and y_hat for the probabilities) need be
+  saved for backward;
+* :func:`backward_from_logits_chunked`: the gradients of eq. (10)-(18) from delta2 = dL/dz2,
+  recomputing a1 chunk by chunk into the same kind of buffer (as ``torch.utils.checkpoint``
+  recomputes, but fused and cache-sized), then accumulating dW1, db1, dW2, db2 and writing dx.
+
+Pure tensor functions like ``kernels.py``: they work in place on their own buffers, so the
+autograd wiring calls them only in eager mode and where autograd does not record (first-order
+backward). Under double backward, ``torch.func``, compile and export the wiring takes its one
+differentiable path, valid for every N, instead.
+
+Every pass over a (rows, H) chunk counts; these identities remove passes:
+
+* eq. (1) with the bias inside the product: z1 = [x, 1] [W1; b1], one matmul and no bias copy;
+* ``sigmoid_form`` (CPU, where sigmoid is several times cheaper than tanh): eq. (2) as
+  tanh z1 = 2 sigmoid(2 z1) - 1, the 2 folded into [W1; b1]. (a1 is still formed as 2 s - 1:
+  rewriting eq. (14) as 2 s^T delta2 - 1^T delta2 saves a pass but cancels digits in float32);
+* eq. (11) as one fused ``tanh_backward``: dL/da1 (1 - a1^2) in one pass;
+* eq. (16) and (17) in one product: [x, 1]^T delta1 = [dW1; db1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .kernels import column_major
+
+
+def _rows_of(N: int, chunk_rows: int) -> int:
+    return max(1, min(N, chunk_rows))
+
+
+def _with_ones(x: Tensor) -> Tensor:
+    return torch.cat((x, x.new_ones(x.shape[0], 1)), 1)  # (N, D + 1)  [x, 1]
+
+
+def _stacked_first_layer(W1: Tensor, b1: Tensor, sigmoid_form: bool) -> Tensor:
+    W1_b1 = torch.cat((W1, b1.unsqueeze(0)))  # (D + 1, H)  [W1; b1]
+    return W1_b1 * 2 if sigmoid_form else W1_b1  # 2 [W1; b1] in the sigmoid form: z = 2 z1
+
+
+def network_output_chunked(
+    x: Tensor,
+    W1: Tensor,
+    b1: Tensor,
+    W2: Tensor,
+    b2: Tensor,
+    *,
+    chunk_rows: int,
+    sigmoid_form: bool,
+    column_major_W2: bool,
+    probabilities: bool,
+) -> Tensor:
+    """z2 = tanh(x W1 + b1) W2 + b2 (N, C), eq. (1)-(3), or y_hat = softmax(z2), eq. (4), by row chunks.
+
+    One (chunk_rows, H) buffer serves every chunk; each chunk of z2 is written in place into the
+    (N, C) output. ``sigmoid_form``: eq. (2) as 2 sigmoid(2 z1) - 1; ``column_major_W2``: a1 W2
+    with W2 in column-major layout. Never call where autograd records.
+    """
+    N, H, C = x.shape[0], W1.shape[1], W2.shape[1]
+    z2 = x.new_empty(N, C)  # (N, C)
+    if N == 0:
+        return z2
+    rows = _rows_of(N, chunk_rows)
+    hidden = x.new_empty(rows, H)  # (rows, H)  z1, then a1, chunk after chunk
+    x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
+    W2_cols = column_major(W2) if column_major_W2 else W2  # (H, C)
+    for start in range(0, N, rows):
+        xs_1 = x_1[start : start + rows]  # (n, D + 1)
+        n = xs_1.shape[0]
+        a1 = _activation(xs_1, W1_b1, hidden[:n], sigmoid_form)  # (n, H)  eq. (1), (2)
+        torch.addmm(b2, a1, W2_cols, out=z2[start : start + n])  # (n, C)  eq. (3)
+    return torch.softmax(z2, 1) if probabilities else z2  # (N, C)  eq. (4)
+
+
+def backward_from_logits_chunked(
+    grad_z2: Tensor,
+    x: Tensor,
+    W1: Tensor,
+    b1: Tensor,
+    W2: Tensor,
+    needs: Sequence[bool],
+    *,
+    chunk_rows: int,
+    sigmoid_form: bool,
+) -> tuple[Tensor | None, ...]:
+    """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2 (N, C), recomputing a1 by row chunks.
+
+    The same results as ``kernels.backward_from_logits`` given a1, eq. (10)-(18), without a1:
+    each chunk's z1 is recomputed into a (chunk_rows, H) buffer. Works in place on its own
+    buffers: never call it where autograd records.
+    """
+    need_x, need_W1, need_b1, need_W2, need_b2 = needs
+    need_delta1 = need_x or need_W1 or need_b1
+    N, D, H = x.shape[0], x.shape[1], W1.shape[1]
+    grad_b2 = grad_z2.sum(0) if need_b2 else None  # (C,)  eq. (15)
+    if N == 0 or not (need_delta1 or need_W2):
+        zeros = [torch.zeros_like(t) if n else None for t, n in zip((x, W1, b1, W2), needs)]
+        return (*zeros, grad_b2)
+    rows = _rows_of(N, chunk_rows)
+    hidden = x.new_empty(rows, H)  # (rows, H)  z1, then a1
+    grad_hidden = x.new_empty(rows, H) if need_delta1 else None  # (rows, H)  dL/da1, then delta1
+    grad_x = x.new_empty(x.shape) if need_x else None  # (N, D)
+    x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
+    W2_T = W2.t()  # (C, H)
+    grad_W1_b1 = grad_W2_T = None  # (D + 1, H): [dW1; db1]; (C, H): dW2^T
+    for start in range(0, N, rows):
+        xs_1, gs = x_1[start : start + rows], grad_z2[start : start + rows]  # (n, D + 1), (n, C)
+        n = xs_1.shape[0]
+        a1 = _activation(xs_1, W1_b1, hidden[:n], sigmoid_form)  # (n, H)  eq. (1), (2), recomputed
+        if need_W2:
+            grad_W2_T = _accumulate_mm(grad_W2_T, gs.t(), a1)  # (C, H)  eq. (14), transposed: delta2^T a1
+        if not need_delta1:
+            continue
+        grad_a1 = torch.mm(gs, W2_T, out=grad_hidden[:n])  # (n, H)  eq. (10)
+        # (n, H)  eq. (11): dL/da1 (1 - a1^2), one fused pass, in place
+        delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)
+        if need_W1 or need_b1:
+            grad_W1_b1 = _accumulate_mm(grad_W1_b1, xs_1.t(), delta1)  # (D + 1, H)  eq. (16), (17)
+        if need_x:
+            torch.mm(delta1, W1.t(), out=grad_x[start : start + n])  # (n, D)  eq. (18)
+    grad_W2 = grad_W2_T.t() if need_W2 else None  # (H, C)  eq. (14)
+    grad_W1 = grad_W1_b1[:D] if need_W1 else None  # (D, H)  eq. (16)
+    grad_b1 = grad_W1_b1[D] if need_b1 else None  # (H,)  eq. (17)
+    return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
+
+
+def _activation(xs_1: Tensor, W1_b1: Tensor, out: Tensor, sigmoid_form: bool) -> Tensor:
+    """a1 = tanh([x, 1] [W1; b1]) (n, H) into ``out``, eq. (1), (2); in the sigmoid form W1_b1 is doubled."""
+    z = torch.mm(xs_1, W1_b1, out=out)  # (n, H)  eq. (1): z1, or 2 z1 in the sigmoid form
+    if not sigmoid_form:
+        return z.tanh_()  # (n, H)  eq. (2)
+    s = z.sigmoid_()  # (n, H)  sigmoid(2 z1)
+    return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)  # (n, H)  eq. (2): 2 sigmoid(2 z1) - 1
+
+
+def _accumulate_mm(total: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    return torch.mm(a, b) if total is None else total.addmm_(a, b)
