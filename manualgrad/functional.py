@@ -209,7 +209,7 @@ def two_layer_net_loss(
     *,
     weight: Tensor | None = None,
     ignore_index: int = -100,
-    label_smoothing: float = 0.0,
+    label_smoothing: float = 0,  # 0, not 0.0: under compile(dynamic=True) a float default becomes a symbol and a guard
 ) -> Tensor:
     """Cross-entropy of the network's logits: ``F.cross_entropy(two_layer_net_logits(...), target, ...)``.
 

@@ -107,7 +107,7 @@ class TwoLayerNet(nn.Module):
         *,
         weight: Tensor | None = None,
         ignore_index: int = -100,
-        label_smoothing: float = 0.0,
+        label_smoothing: float = 0,  # not 0.0: compile(dynamic=True) makes a float default a symbol, a guard
     ) -> Tensor:
         """y_hat = softmax(tanh(x W1 + b1) W2 + b2): (N, out), or (out,) for unbatched x.
 
@@ -125,13 +125,13 @@ class TwoLayerNet(nn.Module):
                 ignore_index=ignore_index,
                 label_smoothing=label_smoothing,
             )
-        given = {
-            f"reduction={reduction!r}": reduction is not None,
-            "weight": weight is not None,
-            "ignore_index": not (type(ignore_index) is int and ignore_index == -100),
-            "label_smoothing": not (type(label_smoothing) in (int, float) and label_smoothing == 0),
-        }
-        if any(given.values()):
+        if reduction is not None or weight is not None or ignore_index != -100 or label_smoothing != 0.0:
+            given = {
+                f"reduction={reduction!r}": reduction is not None,
+                "weight": weight is not None,
+                "ignore_index": ignore_index != -100,
+                "label_smoothing": label_smoothing != 0.0,
+            }
             names = ", ".join(name for name, is_given in given.items() if is_given)
             raise TypeError(f"{names} applies to the loss only: pass a target, model(x, target, ...), or leave it out")
         return functional.two_layer_net(x, *self._parameters_tuple())
@@ -148,7 +148,7 @@ class TwoLayerNet(nn.Module):
         *,
         weight: Tensor | None = None,
         ignore_index: int = -100,
-        label_smoothing: float = 0.0,
+        label_smoothing: float = 0,  # not 0.0: compile(dynamic=True) makes a float default a symbol, a guard
     ) -> Tensor:
         """Cross-entropy: ``F.cross_entropy(self.logits(x), target, weight=..., ignore_index=...,
         reduction=..., label_smoothing=...)``, its values and gradients, with the fused backward
