@@ -336,4 +336,4 @@ def apply_function(function: type[Function], *args):
     """
     if modes.tracing():
         return function.apply(*args)
-    return super(Function, function).apply(*_functorch_utils.unwrap_dead_wrappers(args))
+    return super(Function, function).apply(*_functorch_utils.unwrap_dead_wrappers(args))  # type: ignore[misc]

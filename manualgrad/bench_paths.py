@@ -69,7 +69,7 @@ class PathResult:
         return not (high - low) <= NOISY * self.ratio
 
 
-def _losses(path: str) -> tuple[Callable, Callable]:
+def _losses(path: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
     """(manualgrad loss of (model, x, t), autograd loss of (params, x, t)) for one path."""
     if path == "loss":
         return (lambda m, x, t: m.loss(x, t)), (lambda p, x, t: reference.loss(x, t, *p))
@@ -96,7 +96,7 @@ def make_steps(path: str, N: int, hidden: int, device: str, optimizer: str | Non
     mine, theirs = _losses("loss" if optimizer else path)
 
     def stepper(loss: Callable[[], torch.Tensor], params: Sequence[torch.Tensor]) -> Step:
-        opt = None
+        opt: torch.optim.Optimizer | None = None
         if optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
         elif optimizer == "adam":
@@ -151,7 +151,7 @@ def run(
     log: Callable[[str], None] = print,
 ) -> list[PathResult]:
     """Every path at every N, then the optimizer steps at ``optimizer_sizes``."""
-    cases = [(path, N, None) for N in sizes for path in PATHS]
+    cases: list[tuple[str, int, str | None]] = [(path, N, None) for N in sizes for path in PATHS]
     cases += [(f"loss+{opt}", N, opt) for N in optimizer_sizes for opt in OPTIMIZERS]
     results = []
     for name, N, opt in cases:

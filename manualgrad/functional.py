@@ -37,6 +37,7 @@ and holds the precision policy. ``textbook.py`` is the same mathematics without 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -74,10 +75,11 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
 # range of a target. Metadata that passed once passes again: in plain eager mode the checks run
 # once per combination (at most _MAX_CHECKED kept), then a dict lookup stands in for them.
 _MAX_CHECKED = 256
-_checked: dict[tuple, bool] = {}
+_Key = tuple[object, ...]
+_checked: dict[_Key, bool] = {}
 
 
-def _metadata(*tensors: object) -> tuple | None:
+def _metadata(*tensors: object) -> _Key | None:
     """What the boundary checks read of these tensors, or None where it must not be cached."""
     if torch.compiler.is_compiling():  # traced: the checks cost nothing at run time
         return None
@@ -87,14 +89,14 @@ def _metadata(*tensors: object) -> tuple | None:
         return None
 
 
-def _seen(key: tuple | None) -> bool:
+def _seen(key: _Key | None) -> bool:
     try:
         return key is not None and key in _checked
     except TypeError:  # symbolic sizes (make_fx, export) cannot be hashed: check every time
         return False
 
 
-def _remember(key: tuple | None) -> None:
+def _remember(key: _Key | None) -> None:
     if key is not None and len(_checked) < _MAX_CHECKED:
         try:
             _checked[key] = True
@@ -124,10 +126,12 @@ def _check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, autocast: b
     if not _seen(key):
         target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
         _remember(key)
-    return target  # type: ignore[return-value]  (a key is only made for tensors)
+    return cast(Tensor, target)  # a key is only made for tensors; else check_target raised
 
 
-def _apply_network(function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool):
+def _apply_network(
+    function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool
+) -> Tensor:
     unbatched = x.dim() == 1
     x2 = x.unsqueeze(0) if unbatched else x  # (N, D)
     if autocast:  # precision policy: manualgrad computes in the parameters' dtype
@@ -135,7 +139,7 @@ def _apply_network(function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, 
             out, _ = apply_function(function, x2.to(W1.dtype), W1, b1, W2, b2)
     else:
         out, _ = apply_function(function, x2, W1, b1, W2, b2)
-    return out.squeeze(0) if unbatched else out
+    return cast(Tensor, out.squeeze(0) if unbatched else out)
 
 
 def two_layer_net(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
@@ -291,4 +295,4 @@ def two_layer_net_loss(
         loss = apply_function(function, x, target, W1, b1, W2, b2, reduction_of_q, precompute)[0]
     if add_to_loss is not None:
         loss = loss + add_to_loss  # ()  NaN when no row counts, as F.cross_entropy's 0/0
-    return loss.squeeze(0) if unbatched and reduction == "none" else loss
+    return cast(Tensor, loss.squeeze(0) if unbatched and reduction == "none" else loss)

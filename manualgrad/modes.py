@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -179,7 +179,7 @@ def autocast_enabled(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
-def in_parameter_precision(method: Callable) -> Callable:
+def in_parameter_precision(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run a Function's ``backward`` or ``jvp`` with autocast off for its device.
 
     Called inside the caller's ``torch.autocast`` region (``loss.backward()`` within the
@@ -188,7 +188,7 @@ def in_parameter_precision(method: Callable) -> Callable:
     """
 
     @functools.wraps(method)
-    def wrapper(ctx, *grads):
+    def wrapper(ctx: Any, *grads: Any) -> Any:
         device_type = ctx.device_type
         if torch.compiler.is_compiling():  # traced once for whatever autocast state the caller has later
             turn_off = torch.amp.is_autocast_available(device_type)
