@@ -82,6 +82,8 @@ def test_check_parameters_accepts_valid_and_names_each_fault():
         ((W1, b1, W2.reshape(-1), b2), ValueError, "W2 must have shape (4, C) to follow W1 (2, 4), got (12,)"),
         ((W1, b1, W2[None], b2), ValueError, "W2 must have shape (4, C) to follow W1 (2, 4), got (1, 4, 3)"),
         ((W1, b1, W2[:3], b2), ValueError, "W2 must have shape (4, C) to follow W1 (2, 4), got (3, 3)"),
+        ((W1, b1, W2[:, 0], b2), ValueError, "W2 must have shape (4, C) to follow W1 (2, 4), got (4,)"),
+        ((W1, b1, W2[..., None], b2), ValueError, "W2 must have shape (4, C) to follow W1 (2, 4), got (4, 3, 1)"),
         ((W1, b1[:3], W2, b2), ValueError, "b1 must have shape (4,), got (3,)"),
         ((W1, b1[None], W2, b2), ValueError, "b1 must have shape (4,), got (1, 4)"),
         ((W1, b1, W2, b2[:2]), ValueError, "b2 must have shape (3,), got (2,)"),
