@@ -169,6 +169,9 @@ def test_check_reduction_messages():
     with pytest.raises(TypeError) as info:
         validation.check_reduction(None)
     assert str(info.value) == "reduction must be a str, one of ('mean', 'sum', 'none'), got NoneType (None)"
+    with pytest.raises(TypeError) as info:
+        validation.check_reduction(1)
+    assert str(info.value) == "reduction must be a str, one of ('mean', 'sum', 'none'), got int (1)"
     with pytest.raises(ValueError) as info:
         validation.check_reduction("avg")
     assert str(info.value) == "reduction must be one of ('mean', 'sum', 'none'), got 'avg'"
