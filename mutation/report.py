@@ -3,7 +3,7 @@
 Usage: python mutation/report.py --workdir /tmp/manualgrad-mutation --repo . [FILE ...]
 
 Counts per file: killed (a test failed), timeout, survived, equivalent (listed in equivalent.toml
-with the reason it changes no observable behaviour), not run. Score = killed / (all - equivalent).
+with the reason it changes no observable behaviour), not run. Score = killed / (mutants run - equivalent).
 An equivalent entry whose mutant no longer exists, or whose diff no longer contains its ``line``,
 is reported as stale: the code moved and the entry must be reviewed.
 """
@@ -62,8 +62,8 @@ def main() -> None:
         + (" (with uncommitted changes in manualgrad/ or tests/)" if dirty.stdout.strip() else ""),
         "- tool: mutmut 3 (`mutation/run.sh`, configuration in pyproject.toml `[tool.mutmut]`)",
         f"- files: {', '.join(results) or 'none'}",
-        "- score = killed / (all mutants - equivalent); timeouts are counted apart (a timeout is a detection,",
-        "  but not by an assertion)",
+        "- score = killed / (mutants run - equivalent); timeouts are counted apart (a timeout is a",
+        "  detection, but not by an assertion); 'not run': mutants the run had not reached when it stopped",
         "",
         "| file | mutants | killed | timeout | survived | equivalent | not run | score |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -89,7 +89,7 @@ def main() -> None:
             else:
                 counts[status] += 1
         total = sum(counts.values())
-        non_equivalent = total - counts["equivalent"]
+        non_equivalent = total - counts["equivalent"] - counts["not run"] - counts["no tests"]
         score = counts["killed"] / non_equivalent if non_equivalent else 1.0
         lines.append(
             f"| {source} | {total} | {counts['killed']} | {counts['timeout']} | {counts['survived']} | "
@@ -97,7 +97,7 @@ def main() -> None:
         )
         totals.update(counts)
     total = sum(totals.values())
-    non_equivalent = total - totals["equivalent"]
+    non_equivalent = total - totals["equivalent"] - totals["not run"] - totals["no tests"]
     score = totals["killed"] / non_equivalent if non_equivalent else 1.0
     lines.append(
         f"| **all** | {total} | {totals['killed']} | {totals['timeout']} | {totals['survived']} | "

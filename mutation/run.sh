@@ -28,6 +28,11 @@ cd "$WORK"
 # mutmut puts $WORK/mutants first on sys.path and removes $WORK: the tests import the mutated copy.
 unset PYTHONPATH
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# A file copied unmutated by an earlier run (outside that run's only_mutate) has the source's
+# modification time, which mutmut takes for "already mutated": remove such copies.
+for copy in mutants/manualgrad/*.py; do
+    if [ -e "$copy" ] && [ ! -e "$copy.meta" ]; then rm -f "$copy"; fi
+done
 if [ "${MUTATION_REPORT_ONLY:-0}" != 1 ]; then
     start=$(date +%s)
     "$PY" -m mutmut run --max-children "$JOBS" || true
