@@ -37,6 +37,18 @@ def test_loss_each_subset_of_gradients_matches_twin(reduction, needs):
     assert_matches_twin(manual, twin, [x, indices, *params], [needs[0], False, *needs[1:]], what=reduction)
 
 
+NEEDS_WITH_TARGET = [n for n in itertools.product([False, True], repeat=6) if n[1]]
+
+
+@pytest.mark.parametrize("needs", NEEDS_WITH_TARGET, ids=lambda n: "".join("1" if b else "0" for b in n))
+def test_loss_probability_target_gradient_with_each_subset_of_other_gradients(needs):
+    """d loss / d y with any other inputs requiring grad or not (needs_input_grad is read per input)."""
+    x, _, probabilities, params = problem()
+    manual = lambda x, t, *p: textbook.two_layer_net_loss(x, t, *p, reduction="sum")  # noqa: E731
+    twin = lambda x, t, *p: reference.loss(x, t, *p, reduction="sum")  # noqa: E731
+    assert_matches_twin(manual, twin, [x, probabilities, *params], list(needs))
+
+
 @pytest.mark.parametrize("target_grad", [False, True], ids=["fixed-target", "target-grad"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_loss_probability_target_matches_twin(reduction, target_grad):
