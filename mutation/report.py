@@ -108,6 +108,13 @@ def main() -> None:
             name.startswith(Path(f).with_suffix("").as_posix().replace("/", ".")) for f in results
         ):
             stale.append(f"- `{name}`: no such mutant any more")
+    scope = tomllib.loads((args.repo / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
+    missing = [f for f in scope if f not in results]
+    if missing:
+        lines += [
+            "",
+            f"Not run in this report (in scope, `mutation/run.sh {' '.join(missing)}`): {', '.join(missing)}.",
+        ]
     lines += ["", f"## Equivalent mutants ({len(equivalent_rows)})", "", *(equivalent_rows or ["none"])]
     lines += ["", f"## Surviving mutants ({len(survivors)})", ""]
     for name, diff in survivors:
