@@ -30,9 +30,23 @@ unset PYTHONPATH
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # A file copied unmutated by an earlier run (outside that run's only_mutate) has the source's
 # modification time, which mutmut takes for "already mutated": remove such copies.
+# A file mutated for the first time needs the stats (which test reaches which function) collected
+# again: mutmut's cached stats know no functions of a file that was not mutated when they were taken,
+# and would mark all its mutants "no tests". MUTATION_FRESH_STATS=1 forces that too.
+fresh_stats="${MUTATION_FRESH_STATS:-0}"
 for copy in mutants/manualgrad/*.py; do
     if [ -e "$copy" ] && [ ! -e "$copy.meta" ]; then rm -f "$copy"; fi
 done
+for meta in mutants/manualgrad/*.py.meta; do  # every result "no tests": a run without stats for it, redo
+    if [ -e "$meta" ] && "$PY" -c 'import json, sys; codes = set(json.load(open(sys.argv[1]))["exit_code_by_key"].values()); sys.exit(0 if codes <= {33, 5} else 1)' "$meta"; then
+        rm -f "$meta" "${meta%.meta}"
+        fresh_stats=1
+    fi
+done
+for f in "${FILES[@]}"; do
+    if [ ! -e "mutants/$f.meta" ]; then fresh_stats=1; fi
+done
+if [ "$fresh_stats" = 1 ]; then rm -f mutants/mutmut-stats.json; fi
 if [ "${MUTATION_REPORT_ONLY:-0}" != 1 ]; then
     start=$(date +%s)
     "$PY" -m mutmut run --max-children "$JOBS" || true
