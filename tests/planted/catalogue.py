@@ -1,0 +1,209 @@
+"""The planted-bug catalogue: classic one-line mistakes of this network, each on each path it can hit.
+
+An entry: ``Bug(id, file, old, new, tests, verify)``. ``old`` must occur exactly once in ``file``
+(else the catalogue test fails loudly: the code moved, update the entry); ``new`` replaces it in a
+temporary copy of the package; every node id in ``tests`` is run against that copy and at least one
+must fail. ``verify`` is True when the bug lies on a path ``python -m manualgrad verify`` covers:
+then verify, run with ``VERIFY_ARGS[bug.verify_args]``, must exit 1 on it too.
+
+Paths: probs, logits, loss (indices / probabilities), gradients in backward (in place, first order)
+and in forward (chunked loop), recorded backward (double backward, torch.func), unbatched,
+autocast, jvp, textbook. Test node ids are small and targeted, so that the whole catalogue runs in
+a few minutes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+K = "tests/test_mutants_kernels.py::"
+T = "tests/test_mutants_textbook.py::"
+V = "tests/test_mutants_validation.py::"
+P = "tests/test_properties.py::"
+CORE = "tests/test_core.py::"
+
+# verify's flags per kind of bug: the fast sections where they reach, the mechanisms only for autocast.
+VERIFY_ARGS = {
+    "fast": ["--device", "cpu", "--dtype", "float64", "--no-conformance", "--hidden", "64"],
+    "autocast": ["--device", "cpu", "--dtype", "float32", "--no-gradcheck", "--hidden", "64"],
+    "validation": ["--device", "cpu", "--dtype", "float64", "--no-gradcheck", "--no-conformance", "--hidden", "64"],
+}
+
+
+class Bug(NamedTuple):
+    id: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    verify: bool = True
+    verify_args: str = "fast"
+
+
+LOSS_FWD_CHUNKED = K + "test_loss_paths_match_twin[in_forward-mean-indices-N7-H5-chunk3]"
+LOSS_FWD_CHUNKED_SOFT = K + "test_loss_paths_match_twin[in_forward-sum-probabilities-N9-H512-chunk4]"
+LOSS_FWD_SUM = K + "test_loss_paths_match_twin[in_forward-sum-indices-N9-H512-chunk4]"
+LOSS_BWD = K + "test_loss_paths_match_twin[in_backward-mean-indices-N7-H5-chunk3]"
+LOSS_BWD_SOFT = K + "test_loss_paths_match_twin[in_backward-mean-probabilities-N7-H5-chunk3]"
+PROBS = K + "test_network_each_subset_of_gradients_matches_twin[7-probs-11111]"
+LOGITS = K + "test_network_each_subset_of_gradients_matches_twin[7-logits-11111]"
+LOGITS_40 = K + "test_network_each_subset_of_gradients_matches_twin[40-logits-11111]"
+HVP = K + "test_second_derivatives_match_twin[small-{}]"
+HVP_BIG = K + "test_second_derivatives_match_twin[sigmoid-form-{}]"
+JVP = K + "test_forward_mode_matches_twin[small-{}-{}]"
+JVP_BIG = K + "test_forward_mode_matches_twin[sigmoid-form-{}-{}]"
+AUTOCAST = K + "test_autocast_computes_in_parameter_precision_like_the_float32_twin[{}]"
+UNBATCHED = K + "test_unbatched_sample_matches_twin[{}]"
+TEXTBOOK_LOSS = T + "test_loss_each_subset_of_gradients_matches_twin[mean-11111]"
+TEXTBOOK_PROBS = T + "test_network_each_subset_of_gradients_matches_twin[probs-11111]"
+TEXTBOOK_SOFT = T + "test_loss_probability_target_matches_twin[sum-target-grad]"
+
+LOGITS_RECOMPUTE = (
+    "        if differentiated:\n"
+    "            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded\n"
+)
+LOGITS_RETURN = (
+    "        return backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad, in_place=not differentiated)"
+    "\n\n\nclass LogitsFunction("
+)
+KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
+TEXTBOOK, VALIDATION = "manualgrad/textbook.py", "manualgrad/validation.py"
+
+CATALOGUE = [
+    # --- drop (1 - a1^2), eq. (11), on each path -------------------------------------------------
+    Bug("drop-tanh-slope/backward-in-place", KERNELS,
+        "grad_z1 = grad_a1.addcmul_(grad_a1, a1 * a1, value=-1)", "grad_z1 = grad_a1",
+        (PROBS, LOGITS, LOSS_BWD)),
+    Bug("drop-tanh-slope/recorded-backward", KERNELS,
+        "grad_z1 = grad_a1 - grad_a1 * (a1 * a1)", "grad_z1 = grad_a1",
+        (HVP.format("logits"), HVP.format("loss-mean"))),
+    Bug("drop-tanh-slope/chunked-loop", KERNELS,
+        "delta1 = grad_a1.addcmul_(grad_a1, a1.square_(), value=-1)", "delta1 = grad_a1",
+        (LOSS_FWD_CHUNKED,)),
+    Bug("drop-tanh-slope/jvp", KERNELS,
+        "ta1 = None if tz1 is None else tz1 * (1 - a1 * a1)", "ta1 = None if tz1 is None else tz1",
+        (JVP.format("logits", "x"), JVP.format("loss-mean", "W1"))),
+    Bug("drop-tanh-slope/textbook", TEXTBOOK,
+        "grad_z1 = grad_a1 * (1 - a1 * a1)", "grad_z1 = grad_a1",
+        (TEXTBOOK_PROBS,), verify=False),
+    # --- wrong tanh slope: 1 - a1 for 1 - a1^2 (chunked loop), 1.999 for 2 in the sigmoid form --
+    Bug("wrong-tanh-slope/chunked-loop", KERNELS,
+        "grad_a1.addcmul_(grad_a1, a1.square_(), value=-1)", "grad_a1.addcmul_(grad_a1, a1, value=-1)",
+        (LOSS_FWD_CHUNKED,)),
+    Bug("sigmoid-form-1.999/differentiated-backward", KERNELS,
+        "return torch.sigmoid(z1_twice) * 2.0 - 1.0", "return torch.sigmoid(z1_twice) * 1.999 - 1.0",
+        (HVP_BIG.format("loss-mean"), HVP_BIG.format("loss-sum"))),
+    Bug("sigmoid-form-1.999/in-place", KERNELS,
+        "return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)",
+        "return torch.add(s.new_full((), -1.0), s, alpha=1.999, out=s)",
+        (LOSS_FWD_CHUNKED_SOFT, K + "test_loss_paths_match_twin[in_backward-mean-indices-N40-H120-chunkNone]")),
+    # --- flip y_hat - y, eq. (7), and the softmax VJP, eq. (6) -----------------------------------
+    Bug("flip-delta2/indices-in-place", KERNELS,
+        'delta2 = y_hat.scatter_(1, target.unsqueeze(1), -1.0, reduce="add")',
+        'delta2 = y_hat.scatter_(1, target.unsqueeze(1), -1.0, reduce="add").neg_()',
+        (LOSS_BWD, LOSS_FWD_CHUNKED)),
+    Bug("flip-delta2/indices-recorded", KERNELS,
+        "delta2 = y_hat - target_distribution(target, C, log_probs.dtype)",
+        "delta2 = target_distribution(target, C, log_probs.dtype) - y_hat",
+        (HVP.format("loss-mean"),)),
+    Bug("flip-delta2/probabilities", KERNELS,
+        "delta2 = y_hat * target.sum(1, keepdim=True) - target",
+        "delta2 = target - y_hat * target.sum(1, keepdim=True)",
+        (LOSS_BWD_SOFT, LOSS_FWD_CHUNKED_SOFT)),
+    Bug("flip-delta2/textbook", TEXTBOOK,
+        "grad_z2 = (log_y_hat.exp() * y.sum(1, keepdim=True) - y) * upstream",
+        "grad_z2 = (y - log_y_hat.exp() * y.sum(1, keepdim=True)) * upstream",
+        (TEXTBOOK_LOSS,), verify=False),
+    Bug("flip-softmax-vjp/probs", KERNELS,
+        "return y_hat * (grad_y_hat - inner)", "return y_hat * (inner - grad_y_hat)",
+        (PROBS,)),
+    # --- 1/N: dropped, or 1/(N-1) ---------------------------------------------------------------
+    Bug("one-over-N-minus-1/mean-scale", KERNELS,
+        'return 1.0 / N if N > 0 else float("nan")', 'return 1.0 / (N - 1) if N > 1 else float("nan")',
+        (LOSS_BWD, LOSS_FWD_CHUNKED)),
+    Bug("drop-one-over-N/backward", KERNELS,
+        'scale = mean_scale(N) if reduction == "mean" else 1.0', "scale = 1.0",
+        (LOSS_BWD,)),
+    Bug("one-over-N-minus-1/gradients-in-forward", AUTOGRAD,
+        'scale = grad_loss * (1.0 / N) if ctx.reduction == "mean" and N > 0 else grad_loss',
+        'scale = grad_loss * (1.0 / (N - 1)) if ctx.reduction == "mean" and N > 1 else grad_loss',
+        (LOSS_FWD_CHUNKED,)),
+    Bug("one-over-N-minus-1/textbook", TEXTBOOK,
+        'upstream = grad_loss / x.shape[0] if ctx.reduction == "mean" else grad_loss',
+        'upstream = grad_loss / (x.shape[0] - 1) if ctx.reduction == "mean" else grad_loss',
+        (TEXTBOOK_LOSS,), verify=False),
+    # --- sum returning the mean, wrong scale on the target gradient for sum ---------------------
+    Bug("sum-is-mean/gradients-in-forward-backward", AUTOGRAD,
+        'scale = grad_loss * (1.0 / N) if ctx.reduction == "mean" and N > 0 else grad_loss',
+        "scale = grad_loss * (1.0 / N) if N > 0 else grad_loss",
+        (LOSS_FWD_SUM,)),
+    Bug("sum-is-mean/gradients-in-forward-value", AUTOGRAD,
+        'loss = loss_sum * mean_scale(x.shape[0]) if reduction == "mean" else loss_sum',
+        "loss = loss_sum * mean_scale(x.shape[0])",
+        (LOSS_FWD_SUM,)),
+    Bug("target-gradient-scale/sum", KERNELS,
+        'scale = mean_scale(log_probs.shape[0]) if reduction == "mean" else 1.0',
+        "scale = mean_scale(log_probs.shape[0])",
+        (K + "test_loss_probability_target_gradient_matches_twin[7-5-sum]",)),
+    # --- z2 where W2 belongs, eq. (10); W1 for W1^T, eq. (18); a matrix product for elementwise --
+    Bug("z2-for-W2/backward", KERNELS,
+        "grad_a1 = grad_z2 @ W2.t()  # (N, H)  eq. (10)",
+        "grad_a1 = grad_z2 @ (a1 @ W2).t()  # (N, H)  eq. (10): z2 = a1 W2 where W2 belongs",
+        (LOGITS, LOSS_BWD)),
+    Bug("z2-for-W2/chunked-loop", KERNELS,
+        "grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)",
+        "grad_a1 = torch.mm(delta2, torch.addmm(b2, a1, W2).t(), out=grad_hidden[:n] if chunked else None)",
+        (LOSS_FWD_CHUNKED,)),
+    Bug("W1-for-W1T/backward", KERNELS,
+        "grad_x = grad_z1 @ W1.t()  # (N, D)  eq. (18)", "grad_x = grad_z1 @ W1  # (N, D)  eq. (18)",
+        (LOGITS,)),
+    Bug("W1-for-W1T/chunked-loop", KERNELS,
+        "torch.mm(delta1, W1.t(), out=grad_x[start : start + n])",
+        "torch.mm(delta1, W1, out=grad_x[start : start + n])",
+        (LOSS_FWD_CHUNKED,)),
+    Bug("W1-for-W1T/textbook", TEXTBOOK,
+        "grad_x = grad_z1 @ W1.T  # (N, H)(H, D)", "grad_x = grad_z1 @ W1  # (N, H)(H, D)",
+        (TEXTBOOK_PROBS,), verify=False),
+    Bug("matmul-for-elementwise/recorded-backward", KERNELS,
+        "grad_z1 = grad_a1 - grad_a1 * (a1 * a1)", "grad_z1 = grad_a1 - grad_a1 @ (a1 * a1)",
+        (HVP.format("probs"),)),
+    # --- the chunk loop: an off-by-one ----------------------------------------------------------
+    Bug("off-by-one/chunk-loop", KERNELS,
+        "for start in range(0, N, rows):", "for start in range(0, N - 1, rows):",
+        (LOSS_FWD_CHUNKED,)),
+    # --- forward mode: a wrong sign in a jvp term, the target's tangent ------------------------
+    Bug("jvp-sign/W2-term", KERNELS,
+        "None if tW2 is None else a1 @ tW2,", "None if tW2 is None else -(a1 @ tW2),",
+        (JVP.format("logits", "W2"), JVP.format("loss-mean", "W2"))),
+    Bug("jvp-sign/target-tangent", AUTOGRAD,
+        "terms.append(-(ttarget * log_probs).sum(1))", "terms.append((ttarget * log_probs).sum(1))",
+        (JVP.format("loss-mean", "target"), JVP_BIG.format("loss-sum", "target"))),
+    # --- double backward from saved tensors -----------------------------------------------------
+    Bug("double-backward-from-saved/logits", AUTOGRAD,
+        LOGITS_RECOMPUTE + LOGITS_RETURN,
+        LOGITS_RETURN,
+        (HVP.format("logits"),)),
+    Bug("double-backward-from-saved/loss", AUTOGRAD,
+        "if ctx.precomputed or differentiated:", "if ctx.precomputed:",
+        (HVP.format("loss-mean"), HVP.format("loss-soft"))),
+    # --- autocast left on in one backward, and in the forward ----------------------------------
+    Bug("autocast-on/loss-backward", AUTOGRAD,
+        "    @in_parameter_precision\n    def backward(ctx, grad_loss, *_grad_residuals):",
+        "    def backward(ctx, grad_loss, *_grad_residuals):",
+        (AUTOCAST.format("small-loss-mean"), AUTOCAST.format("large-loss-mean")), verify_args="autocast"),
+    Bug("autocast-on/probs-backward", AUTOGRAD,
+        "    @in_parameter_precision\n    def backward(ctx, grad_y_hat, _grad_a1):",
+        "    def backward(ctx, grad_y_hat, _grad_a1):",
+        (AUTOCAST.format("small-probs"),), verify_args="autocast"),
+    # --- unbatched: a detached target -----------------------------------------------------------
+    Bug("detached-target/unbatched", FUNCTIONAL,
+        "x, target = x.unsqueeze(0), target.unsqueeze(0)", "x, target = x.unsqueeze(0), target.detach().unsqueeze(0)",
+        (UNBATCHED.format("loss-soft"),)),
+    # --- a dropped validation check -------------------------------------------------------------
+    Bug("dropped-check/W2-rank", VALIDATION,
+        "if W2.dim() != 2 or W2.shape[0] != H:", "if W2.shape[0] != H:",
+        (V + "test_check_parameters_accepts_valid_and_names_each_fault",), verify=False),
+    Bug("dropped-check/class-range", VALIDATION,
+        "    if lowest >= 0 and highest < C:\n        return\n", "    return\n",
+        (V + "test_check_target_messages",), verify=False),
+]  # fmt: skip
