@@ -7,7 +7,7 @@ no longer occurs exactly once fails loudly: the code moved, and the entry must m
 on a path ``python -m manualgrad verify`` covers also make verify exit 1.
 
 The verify part runs one ``verify`` per entry (about 10 s of CPU each), so it runs only with
-``MANUALGRAD_PLANTED_VERIFY=1`` (as .ci/run does); run times are in mutation/README.md.
+``MANUALGRAD_PLANTED_VERIFY=1`` (about half an hour; CI leaves it out); run times are in mutation/README.md.
 """
 
 from __future__ import annotations
