@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import manualgrad
-from manualgrad import arguments, bench, cli, train
+from manualgrad import arguments, bench, bench_paths, cli, train
 
 ROOT = Path(__file__).resolve().parents[1]
 HUGE = "99999999999999999999"  # > 2**63 - 1: overflows every C integer type
@@ -173,8 +173,9 @@ def test_train_prints_no_progress_bar_into_a_log():
 def test_bench_plot_leaves_the_callers_matplotlib_backend_alone(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     before = matplotlib.get_backend()
-    result = bench.SizeResult("cpu", 4, times={"manualgrad": 1e-3, "autograd": 2e-3})
-    assert bench.write_plot([result], 8, tmp_path / "plot.png") == str(tmp_path / "plot.png")
+    result = bench_paths.PathResult("cpu", "loss", 4, manualgrad=1e-3, autograd=2e-3, ratios=[2.0, 1.9, 2.1])
+    path = str(tmp_path / "plot.png")
+    assert bench_paths.write_plot([result], 8, path, "title") == path
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert matplotlib.get_backend() == before
     assert "matplotlib.pyplot" not in sys.modules or matplotlib.get_backend() == before

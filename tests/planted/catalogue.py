@@ -63,7 +63,7 @@ LOGITS_RECOMPUTE = (
     "            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded\n"
 )
 LOGITS_RETURN = (
-    "        return backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad, in_place=not differentiated)"
+    "        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)"
     "\n\n\nclass LogitsFunction("
 )
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
@@ -78,7 +78,7 @@ CATALOGUE = [
         "grad_z1 = grad_a1 - grad_a1 * (a1 * a1)", "grad_z1 = grad_a1",
         (HVP.format("logits"), HVP.format("loss-mean"))),
     Bug("drop-tanh-slope/chunked-loop", KERNELS,
-        "delta1 = grad_a1.addcmul_(grad_a1, a1.square_(), value=-1)", "delta1 = grad_a1",
+        "delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)", "delta1 = grad_a1",
         (LOSS_FWD_CHUNKED,)),
     Bug("drop-tanh-slope/jvp", KERNELS,
         "ta1 = None if tz1 is None else tz1 * (1 - a1 * a1)", "ta1 = None if tz1 is None else tz1",
@@ -88,7 +88,8 @@ CATALOGUE = [
         (TEXTBOOK_PROBS,), verify=False),
     # --- wrong tanh slope: 1 - a1 for 1 - a1^2 (chunked loop), 1.999 for 2 in the sigmoid form --
     Bug("wrong-tanh-slope/chunked-loop", KERNELS,
-        "grad_a1.addcmul_(grad_a1, a1.square_(), value=-1)", "grad_a1.addcmul_(grad_a1, a1, value=-1)",
+        "delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)",
+        "delta1 = grad_a1.addcmul_(grad_a1, a1, value=-1)",
         (LOSS_FWD_CHUNKED,)),
     Bug("sigmoid-form-1.999/differentiated-backward", KERNELS,
         "return torch.sigmoid(z1_twice) * 2.0 - 1.0", "return torch.sigmoid(z1_twice) * 1.999 - 1.0",
@@ -119,10 +120,11 @@ CATALOGUE = [
         (PROBS,)),
     # --- 1/N: dropped, or 1/(N-1) ---------------------------------------------------------------
     Bug("one-over-N-minus-1/mean-scale", KERNELS,
-        'return 1.0 / N if N > 0 else float("nan")', 'return 1.0 / (N - 1) if N > 1 else float("nan")',
+        'return 1.0 / N if N > 0 and num_classes > 0 else float("nan")',
+        'return 1.0 / (N - 1) if N > 1 and num_classes > 0 else float("nan")',
         (LOSS_BWD, LOSS_FWD_CHUNKED)),
     Bug("drop-one-over-N/backward", KERNELS,
-        'scale = mean_scale(N) if reduction == "mean" else 1.0', "scale = 1.0",
+        "upstream = upstream * mean_scale(N)  # ()", "upstream = upstream  # ()",
         (LOSS_BWD,)),
     Bug("one-over-N-minus-1/gradients-in-forward", AUTOGRAD,
         'scale = grad_loss * (1.0 / N) if ctx.reduction == "mean" and N > 0 else grad_loss',
@@ -138,8 +140,8 @@ CATALOGUE = [
         "scale = grad_loss * (1.0 / N) if N > 0 else grad_loss",
         (LOSS_FWD_SUM,)),
     Bug("sum-is-mean/gradients-in-forward-value", AUTOGRAD,
-        'loss = loss_sum * mean_scale(x.shape[0]) if reduction == "mean" else loss_sum',
-        "loss = loss_sum * mean_scale(x.shape[0])",
+        'loss = loss_sum * mean_scale(x.shape[0], W2.shape[1]) if reduction == "mean" else loss_sum',
+        "loss = loss_sum * mean_scale(x.shape[0], W2.shape[1])",
         (LOSS_FWD_SUM,)),
     Bug("target-gradient-scale/sum", KERNELS,
         'scale = mean_scale(log_probs.shape[0]) if reduction == "mean" else 1.0',
@@ -204,6 +206,6 @@ CATALOGUE = [
         "if W2.dim() != 2 or W2.shape[0] != H:", "if W2.shape[0] != H:",
         (V + "test_check_parameters_accepts_valid_and_names_each_fault",), verify=False),
     Bug("dropped-check/class-range", VALIDATION,
-        "    if lowest >= 0 and highest < C:\n        return\n", "    return\n",
+        "    if not bool(outside.any()):\n        return False", "    if True:\n        return False",
         (V + "test_check_target_messages",), verify=False),
 ]  # fmt: skip
