@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import manualgrad
-from manualgrad import arguments, bench, bench_paths, cli, train
+from manualgrad import arguments, bench_paths, cli, train
 
 ROOT = Path(__file__).resolve().parents[1]
 HUGE = "99999999999999999999"  # > 2**63 - 1: overflows every C integer type
