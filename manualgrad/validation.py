@@ -257,8 +257,6 @@ def check_loss_options(
     weight = require_tensor("weight", weight)
     _require_floating("weight", weight)
     C = W2.shape[1]
-    if weight.layout != torch.strided:
-        raise TypeError(f"weight must be a dense (strided) tensor, got layout {weight.layout}; use weight.to_dense()")
     if tuple(weight.shape) != (C,):
         raise ValueError(f"weight must have shape ({C},), one per class, got {tuple(weight.shape)}")
     _require_same_device("weight", weight, "W1", W1)
