@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from .bench_loss import make_problem  # the loss benchmark's problem: same seed, same data
 
 PATHS = ("loss", "cross_entropy", "nll_log_probs", "square_mean")
 OPTIMIZERS = ("sgd", "adam")
@@ -88,8 +89,6 @@ def _losses(path: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch
 
 def make_steps(path: str, N: int, hidden: int, device: str, optimizer: str | None = None) -> tuple[Step, Step]:
     """(manualgrad step, autograd step) of one path, each on its own copy of the same model."""
-    from .bench import make_problem  # the shared problem: same seed, same data
-
     model, x, target = make_problem(N, hidden, device)
     twin, _, _ = make_problem(N, hidden, device)
     twin_params = list(twin.parameters())

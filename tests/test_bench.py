@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DEVICES, assert_matches_twin, loss_strategy, make_problem, value_and_grads
 
-from manualgrad import bench, bench_paths, functional, reference
+from manualgrad import bench, bench_loss, bench_memory, bench_paths, bench_report, functional, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_quick_benchmark_writes_the_plot(quick_run):
     assert (out / "bench_step.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("path", bench.NETWORK_PATHS)
+@pytest.mark.parametrize("path", bench_report.NETWORK_PATHS)
 def test_saved_bytes_targets_in_the_quick_run(quick_run, path):
     """Probs and logits keep no more alive than autograd; the loss at most a tenth, from a few hundred rows.
 
@@ -92,25 +92,25 @@ def test_saved_bytes_targets_in_the_quick_run(quick_run, path):
 
 def test_loss_saves_under_a_tenth_of_autograd_at_65536_rows():
     """The issue's memory target, measured directly at N=65536 (loss path only, no timing)."""
-    model, x, target = bench.make_problem(65536, bench.HIDDEN, "cpu")
+    model, x, target = bench_loss.make_problem(65536, bench_loss.HIDDEN, "cpu")
     params = list(model.parameters())
     inputs = [x, target, *params]
-    mine = bench.saved_bytes(lambda: model.loss(x, target), inputs)
-    theirs = bench.saved_bytes(lambda: bench.reference.loss(x, target, *params), inputs)
+    mine = bench_memory.saved_bytes(lambda: model.loss(x, target), inputs)
+    theirs = bench_memory.saved_bytes(lambda: reference.loss(x, target, *params), inputs)
     for m, t in zip(mine, theirs):  # packed, distinct, held
         assert m <= 0.10 * t
-    assert theirs[2] >= 65536 * bench.HIDDEN * 4  # autograd holds at least a1 (N, H)
+    assert theirs[2] >= 65536 * bench_loss.HIDDEN * 4  # autograd holds at least a1 (N, H)
 
 
 def test_saved_bytes_counts_each_storage_once():
     x = torch.randn(3, 4, requires_grad=True)
-    packed, distinct, held = bench.saved_bytes(lambda: (x * x).sum(), [x])  # mul saves x twice
+    packed, distinct, held = bench_memory.saved_bytes(lambda: (x * x).sum(), [x])  # mul saves x twice
     assert (packed, distinct, held) == (2 * 48, 48, 0)
 
 
 def test_cpu_peak_bytes_sees_a_temporary():
     x = torch.randn(1000)
-    assert bench.peak_step_bytes(lambda: (x * 2).sum(), "cpu") >= 4000
+    assert bench_memory.peak_step_bytes(lambda: (x * 2).sum(), "cpu") >= 4000
 
 
 def test_bench_script_runs(tmp_path):
