@@ -36,6 +36,7 @@ from .kernels import (
     add_tangents,
     backward_from_logits,
     column_major,
+    cross_entropy_of_log_probs,
     hidden_activation,
     hidden_activation_fast,
     logits_tangent,
@@ -44,7 +45,6 @@ from .kernels import (
     loss_grad_target,
     mean_scale,
     output_logits,
-    per_sample_loss,
     reduce_loss,
     softmax_jvp,
     softmax_vjp,
@@ -139,7 +139,7 @@ class LogitsFunctionNoJvp(Function):
         if a1 is not None:
             ctx.mark_non_differentiable(a1)
         ctx.set_materialize_grads(False)
-        ctx.device_type = x.device.type
+        ctx.device_type = modes.device_type(x)
         ctx.save_for_backward(x, W1, b1, W2, b2, a1)
         ctx.save_for_forward(x, W1, b1, W2, b2, a1)
 
@@ -188,7 +188,7 @@ class ProbsFunctionNoJvp(Function):
         if a1 is not None:
             ctx.mark_non_differentiable(a1)
         ctx.set_materialize_grads(False)
-        ctx.device_type = x.device.type
+        ctx.device_type = modes.device_type(x)
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
         ctx.save_for_forward(x, W1, b1, W2, b2, a1, y_hat)
 
@@ -248,7 +248,7 @@ class LossFunctionNoJvp(Function):
             loss = loss_sum * mean_scale(x.shape[0], W2.shape[1]) if reduction == "mean" else loss_sum  # ()  eq. (5)
             return (loss, *grads)
         a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not backward_is_differentiated())
-        loss = reduce_loss(per_sample_loss(log_probs, target), reduction, W2.shape[1])  # () or (N,)  eq. (5)
+        loss = cross_entropy_of_log_probs(log_probs, target, reduction)  # () or (N,)  eq. (5)
         return loss, a1, log_probs
 
     @staticmethod
@@ -257,7 +257,7 @@ class LossFunctionNoJvp(Function):
         residuals = [t for t in output[1:] if t is not None]
         ctx.mark_non_differentiable(*residuals)
         ctx.set_materialize_grads(False)
-        ctx.device_type = x.device.type
+        ctx.device_type = modes.device_type(x)
         ctx.reduction = reduction
         ctx.precomputed = precompute is not None
         ctx.num_residuals = len(output) - 1
@@ -321,7 +321,7 @@ def _finite(grad_loss: Tensor) -> bool:
     functorch = torch._C._functorch
     if functorch.is_legacy_batchedtensor(grad_loss) or functorch.is_functorch_wrapped_tensor(grad_loss):
         return True  # a batched upstream gradient (gradcheck's batched grad) has no single value to read
-    if grad_loss.device.type != "cpu":
+    if not grad_loss.is_cpu:
         return True
     return bool(torch.isfinite(grad_loss))
 

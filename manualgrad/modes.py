@@ -86,11 +86,16 @@ def tracing(x: Tensor | None = None) -> bool:
 # ----------------------------------------------------------------------------------------
 
 
+def device_type(t: Tensor) -> str:
+    """``t.device.type``, without building a ``torch.device`` for the common CPU tensor."""
+    return "cpu" if t.is_cpu else t.device.type
+
+
 def sigmoid_tanh_pays(x: Tensor, hidden: int) -> bool:
     """Whether eq. (2) is evaluated as tanh z1 = 2 sigmoid(2 z1) - 1 for this x (N, D); eager only."""
-    if tracing(x):
+    if tracing(x):  # first: under Dynamo, comparing N would be a guard
         return False
-    cpu_float = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    cpu_float = x.is_cpu and x.dtype in (torch.float32, torch.float64)
     return cpu_float and x.shape[0] * hidden >= SIGMOID_TANH_MIN_ELEMENTS
 
 
@@ -98,7 +103,7 @@ def column_major_pays(W2: Tensor, rows: int) -> bool:
     """Whether a1 (rows, H) W2 runs with W2 in column-major layout; eager only."""
     if type(rows) is not int or tracing():
         return False
-    return W2.device.type == "cpu" and rows >= COLUMN_MAJOR_MIN_ROWS
+    return W2.is_cpu and rows >= COLUMN_MAJOR_MIN_ROWS
 
 
 def network_chunk_rows(device: torch.device) -> int:
