@@ -72,6 +72,14 @@ def _loss_forward(
     return a1, log_probs
 
 
+def _hidden_activation_forward(x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
+    """a1 (N, H), eq. (1), (2), as the probs and logits forwards keep it: in the sigmoid form where
+    that pays (eager CPU), in place on z1 where nothing records."""
+    return hidden_activation_fast(
+        x, W1, b1, sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]), in_place=not backward_is_differentiated()
+    )
+
+
 def _network_chunked(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, *, probabilities: bool) -> Tensor:
     """z2 or y_hat (N, C) by row chunks, never allocating (N, H); eager mode only."""
     rows = modes.network_chunk_rows(x.device)
@@ -128,7 +136,7 @@ class LogitsFunctionNoJvp(Function):
     def forward(x, W1, b1, W2, b2):
         if modes.network_in_chunks(x):  # eager, many rows: a1 is not kept, backward recomputes it
             return _network_chunked(x, W1, b1, W2, b2, probabilities=False), None  # (N, C)  eq. (1)-(3)
-        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+        a1 = _hidden_activation_forward(x, W1, b1)  # (N, H)  eq. (1), (2)
         z2 = output_logits(a1, _W2_for(W2, x.shape[0]), b2)  # (N, C)  eq. (3)
         return z2, a1
 
@@ -177,7 +185,7 @@ class ProbsFunctionNoJvp(Function):
     def forward(x, W1, b1, W2, b2):
         if modes.network_in_chunks(x):  # eager, many rows: a1 is not kept, backward recomputes it
             return _network_chunked(x, W1, b1, W2, b2, probabilities=True), None  # (N, C)  eq. (1)-(4)
-        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+        a1 = _hidden_activation_forward(x, W1, b1)  # (N, H)  eq. (1), (2)
         y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4)
         return y_hat, a1
 
