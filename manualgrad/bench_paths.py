@@ -208,8 +208,8 @@ def busy(load: float | None, cores: int | None) -> bool:
 
 def _verdict(r: PathResult, at_least: float) -> str:
     verdict = "met" if r.ratio >= at_least else "UNMET"
-    if r.noisy and (r.spread[0] < at_least <= r.spread[1]):
-        verdict += " (noisy)"
+    if r.spread[0] < at_least <= r.spread[1]:  # some rounds say otherwise
+        verdict += " (noisy)" if r.noisy else " (within spread)"
     return verdict
 
 
@@ -227,7 +227,10 @@ def format_targets(
         load: (1-minute load average, cores) of the machine during the run; a busy machine is said.
     """
     by_key = {(r.path, r.N): r for r in results}
-    lines = ["Targets (median ratio [min-max]; 'noisy' when the spread straddles the target):"]
+    lines = [
+        "Targets (median ratio [min-max] over rounds; when the spread straddles the target: '(noisy)' if it "
+        f"exceeds {NOISY:.0%} of the median, else '(within spread)')"
+    ]
     if busy(*load):
         lines.append(
             f"  machine busy during the run (load {load[0]:.1f} on {load[1]} cores): every ratio may move "

@@ -82,6 +82,8 @@ def test_targets_show_the_optimizer_steps_beside_the_bare_step_the_memory_and_a_
     memory = {path: next(line for line in lines if "bytes held" in line and path in line) for path in held}
     assert memory["probs"].endswith("(0.0%) met") and memory["logits"].endswith("(15.3%) UNMET")
     assert "machine busy during the run (load 9.5 on 2 cores)" in text
+    close = bench_paths.PathResult("cpu", "loss", 1, 1e-3, 1e-3, [0.84, 0.80, 0.88])  # straddles 0.85, not noisy
+    assert "0.84x [0.80-0.88] UNMET (within spread)" in bench_paths.format_targets([close])
     assert "machine busy" not in bench_paths.format_targets([bare], held, (1.5, 2))
     assert not bench_paths.busy(None, 2) and bench_paths.busy(2.1, 2) and not bench_paths.busy(2.0, 2)
 
