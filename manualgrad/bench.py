@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -118,6 +119,14 @@ def validate(args: argparse.Namespace) -> str | None:
     return problem
 
 
+def load_average() -> tuple[float | None, int | None]:
+    """(1-minute load average, cores), None where the platform does not say."""
+    try:
+        return os.getloadavg()[0], os.cpu_count()
+    except (AttributeError, OSError):
+        return None, os.cpu_count()
+
+
 def devices_for(choice: str) -> list[str]:
     """cpu, cuda, or all available."""
     if choice == "all":
@@ -192,7 +201,14 @@ def run_command(args: argparse.Namespace) -> int:
         print()
         print(bench_paths.format_table([r for r in path_results if r.device == device], device))
     print()
-    print(bench_paths.format_targets([r for r in path_results if r.device == "cpu"]))
+    held = {
+        path: (r.saved_held[f"manualgrad {path}"], r.saved_held[f"autograd {path}"])
+        for r in results
+        if r.device == "cpu" and r.N == bench_paths.MEMORY_TARGET_N
+        for path in bench_paths.MEMORY_PATHS
+    }
+    cpu_paths = [r for r in path_results if r.device == "cpu"]
+    print(bench_paths.format_targets(cpu_paths, held, load_average()))
 
     if args.out is not None:
         with staged_output(args.out) as stage:  # all files or none

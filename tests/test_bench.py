@@ -67,6 +67,27 @@ def test_spread_flags_noise_and_targets_say_so():
     assert any("cross_entropy" in line and "met (noisy)" in line for line in targets)
 
 
+def test_targets_show_the_optimizer_steps_beside_the_bare_step_the_memory_and_a_busy_machine():
+    bare = bench_paths.PathResult("cpu", "loss", 32, 1e-3, 1e-3, [1.2, 1.1, 1.3])
+    sgd = bench_paths.PathResult("cpu", "loss+sgd", 32, 1e-3, 1e-3, [0.8, 0.9, 0.85])
+    adam = bench_paths.PathResult("cpu", "loss+adam", 4096, 1e-3, 1e-3, [4.5, 4.4, 4.6])
+    bare_4096 = bench_paths.PathResult("cpu", "loss", 4096, 1e-3, 1e-3, [5.0, 5.0, 5.0])
+    held = {"probs": (524, 131_000_000), "logits": (20_000_000, 131_000_000)}
+    text = bench_paths.format_targets([bare, sgd, adam, bare_4096], held, (9.5, 2))
+    lines = text.splitlines()
+    sgd_line = next(line for line in lines if "loss+sgd" in line)
+    assert ">= 1.00x" in sgd_line and "0.85x [0.80-0.90] UNMET" in sgd_line and "bare loss 1.20x" in sgd_line
+    adam_line = next(line for line in lines if "loss+adam" in line)
+    assert ">= 4.00x" in adam_line and "4.50x [4.40-4.60] met" in adam_line and "bare loss 5.00x" in adam_line
+    memory = {path: next(line for line in lines if "bytes held" in line and path in line) for path in held}
+    assert memory["probs"].endswith("(0.0%) met") and memory["logits"].endswith("(15.3%) UNMET")
+    assert "machine busy during the run (load 9.5 on 2 cores)" in text
+    close = bench_paths.PathResult("cpu", "loss", 1, 1e-3, 1e-3, [0.84, 0.80, 0.88])  # straddles 0.85, not noisy
+    assert "0.84x [0.80-0.88] UNMET (within spread)" in bench_paths.format_targets([close])
+    assert "machine busy" not in bench_paths.format_targets([bare], held, (1.5, 2))
+    assert not bench_paths.busy(None, 2) and bench_paths.busy(2.1, 2) and not bench_paths.busy(2.0, 2)
+
+
 def test_quick_benchmark_writes_the_plot(quick_run):
     pytest.importorskip("matplotlib")
     _, _, _, out = quick_run
