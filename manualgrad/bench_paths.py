@@ -247,11 +247,11 @@ def format_targets(
     for (path, N), r in sorted(by_key.items(), key=lambda item: (item[0][1], item[0][0])):
         if "+" not in path or (bare := by_key.get(("loss", N))) is None:
             continue
-        at_least = dict(TARGETS["loss"]).get(N)
-        target = f">= {at_least:.2f}x" if at_least is not None else "shown"
+        loss_target = dict(TARGETS["loss"]).get(N)
+        target = f">= {loss_target:.2f}x" if loss_target is not None else "shown"
         lines.append(
             f"  {path:14s} N={N:<6d} {target} (the loss's, optimizer step on both sides): {r.ratio:.2f}x "
-            f"[{r.spread[0]:.2f}-{r.spread[1]:.2f}]{'' if at_least is None else ' ' + _verdict(r, at_least)}"
+            f"[{r.spread[0]:.2f}-{r.spread[1]:.2f}]{'' if loss_target is None else ' ' + _verdict(r, loss_target)}"
             f"; bare loss {bare.ratio:.2f}x"
         )
     for path, (mine, theirs) in (held or {}).items():

@@ -158,7 +158,9 @@ def cross_entropy_of_log_probs(log_probs: Tensor, target: Tensor, reduction: str
     small N cost more than their arithmetic; no label is ignored, and nll_loss checks the range."""
     if target.is_floating_point() or log_probs.shape[1] == 0:
         return reduce_loss(per_sample_loss(log_probs, target), reduction, log_probs.shape[1])
-    return torch._C._nn.nll_loss(log_probs, target, None, _REDUCTION_ENUM[reduction], _NO_LABEL)
+    return torch._C._nn.nll_loss(  # type: ignore[attr-defined]  # not in torch._C stubs
+        log_probs, target, None, _REDUCTION_ENUM[reduction], _NO_LABEL
+    )
 
 
 def mean_scale(N: int, num_classes: int = 1) -> float:
