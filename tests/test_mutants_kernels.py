@@ -14,7 +14,7 @@ import pytest
 import torch
 from planted.twins import assert_close_relative, assert_matches_twin, grads_of, problem
 
-from manualgrad import functional, reference
+from manualgrad import functional, kernels, reference
 
 NEEDS = [n for n in itertools.product([False, True], repeat=5) if any(n)]
 NEED_IDS = ["".join("1" if b else "0" for b in n) for n in NEEDS]
@@ -180,3 +180,70 @@ def test_empty_batch_matches_cross_entropy(in_forward, reduction):
     grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
     for g, t in zip(grads, leaves):
         assert g is None or (g.shape == t.shape and (g == 0).all() or torch.isnan(g).all())
+
+
+# ---- the kernels called directly: exact formulas, the out= buffer, layouts, devices ------------------
+
+HIDDEN_FORMS = [  # (sigmoid_form, doubled, out given, in_place)
+    (s, d, o, i) for s, d, o, i in itertools.product([False, True], repeat=4) if not (d and not s)
+]
+
+
+@pytest.mark.parametrize("form", HIDDEN_FORMS, ids=lambda f: "sigmoid{:d}-doubled{:d}-out{:d}-inplace{:d}".format(*f))
+def test_hidden_activation_fast_formula_and_buffer(form):
+    """Each form evaluates exactly its formula of eq. (2) (bit for bit, float32) and writes into ``out``."""
+    sigmoid_form, doubled, with_out, in_place = form
+    x, _, _, (W1, b1, _, _) = problem(N=9, H=33, dtype=torch.float32, scale=2.0)
+    out = torch.full((9, 33), float("nan")) if with_out else None
+    W1_a, b1_a = (W1 * 2, b1 * 2) if doubled else (W1, b1)
+    a1 = kernels.hidden_activation_fast(
+        x, W1_a, b1_a, out, sigmoid_form=sigmoid_form, in_place=in_place, doubled=doubled
+    )
+    z1 = torch.addmm(b1, x, W1)
+    expected = torch.sigmoid(2 * z1) * 2 - 1 if sigmoid_form else torch.tanh(z1)
+    assert torch.equal(a1, expected), f"max difference {(a1 - expected).abs().max():.3e}"
+    assert_close_relative(a1.double(), torch.tanh(z1.double()), "against tanh", rtol=1e-6)
+    if with_out:
+        assert a1.data_ptr() == out.data_ptr() and a1.shape == out.shape, "a1 must be written into out"
+
+
+@pytest.mark.parametrize("sigmoid_form", [False, True], ids=["tanh", "sigmoid"])
+def test_hidden_activation_fast_recorded_is_differentiable(sigmoid_form):
+    x, _, _, params = problem(N=5, H=7)
+    W1, b1 = (p.clone().requires_grad_() for p in params[:2])
+    a1 = kernels.hidden_activation_fast(x, W1, b1, sigmoid_form=sigmoid_form, in_place=False)
+    (g,) = torch.autograd.grad(a1.sum(), W1)
+    W1_ref = params[0].clone().requires_grad_()
+    (r,) = torch.autograd.grad(torch.tanh(x @ W1_ref + params[1]).sum(), W1_ref)
+    assert_close_relative(g, r, "dW1 through the recorded form")
+
+
+def test_column_major_layout_and_values():
+    W2 = torch.arange(12.0).reshape(4, 3)
+    cols = kernels.column_major(W2)
+    assert cols.stride() == (1, 4) and torch.equal(cols, W2)
+    assert kernels.column_major(cols) is cols, "already column-major: no copy"
+    assert kernels.column_major(W2.T.contiguous().T) is not W2
+
+
+def test_target_distribution_on_the_target_device():
+    target = torch.tensor([2, 0, 1], device="meta")
+    y = kernels.target_distribution(target, 4, torch.float32)
+    assert y.device.type == "meta" and y.shape == (3, 4) and y.dtype == torch.float32
+    y = kernels.target_distribution(torch.tensor([2, 0, 1]), 4, torch.float64)
+    assert torch.equal(y, torch.eye(4, dtype=torch.float64)[[2, 0, 1]])
+
+
+def test_backward_from_logits_default_is_recordable():
+    """Without ``in_place`` the formulas are out of place: their result can be differentiated again."""
+    x, _, _, params = problem(N=6, H=5)
+    W1, _, W2, _ = params
+    a1 = kernels.hidden_activation(x, W1, params[1])
+    grad_z2 = torch.randn(6, 4, dtype=x.dtype, generator=torch.Generator().manual_seed(7)).requires_grad_()
+    grads = kernels.backward_from_logits(grad_z2, x, W1, W2, a1, [True] * 5)
+    (second,) = torch.autograd.grad(sum(g.sum() for g in grads), grad_z2)
+    grad_z2_ref = grad_z2.detach().clone().requires_grad_()
+    leaves = [t.clone().requires_grad_() for t in [x, *params]]
+    ref = torch.autograd.grad(reference.logits(*leaves), leaves, grad_z2_ref, create_graph=True)
+    (second_ref,) = torch.autograd.grad(sum(g.sum() for g in ref[:4]) + ref[4].sum(), grad_z2_ref)
+    assert_close_relative(second, second_ref, "d(sum of gradients)/d delta2")
