@@ -17,8 +17,8 @@ import math
 
 import pytest
 import torch
+from planted.allocations import Allocations, assert_buffers
 from planted.twins import assert_close_relative, assert_matches_twin, problem
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from manualgrad import chunked, functional, modes, reference
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("error")
 NEEDS = [n for n in itertools.product([False, True], repeat=5)]
 NEED_IDS = ["".join("1" if b else "0" for b in n) for n in NEEDS]
 # (N, chunk_rows): one chunk, chunk larger than N, several with a one-row last chunk, one row each
-# (D + 1 = C = 4 rows are the stacked [W1; b1] and dW2^T: no chunk of 4 rows, see _assert_buffers)
+# (D + 1 = C = 4 rows are the stacked [W1; b1] and dW2^T: no chunk of 4 rows, see assert_buffers)
 CHUNKINGS = [(7, 7), (7, 100), (7, 3), (7, 1), (1, 3), (11, 5)]
 FORMS = [(False, False), (True, False), (False, True), (True, True)]
 FORM_IDS = ["tanh", "sigmoid", "tanh-colmajor", "sigmoid-colmajor"]
@@ -45,35 +45,6 @@ def _spy_chunks(monkeypatch):
 
     monkeypatch.setattr(chunked, "_activation", spy)
     return calls
-
-
-class Allocations(TorchDispatchMode):
-    """Records each aten op and its output shape; every ``new_empty`` tensor comes filled with NaN."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func is torch.ops.aten.new_empty.default:
-            out.fill_(float("nan"))
-        self.ops.append((func.__name__, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
-        return out
-
-
-# ops that may produce a (n, H) tensor: views (of a buffer or of b1), or writes into a buffer
-INTO_BUFFERS = {"slice.Tensor", "unsqueeze.default", "t.default", "mm.out", "addmm.out", "add.out",
-                "sigmoid_.default", "tanh_.default", "tanh_backward.grad_input"}  # fmt: skip
-
-
-def _assert_buffers(ops, H, rows, buffers):
-    """``buffers`` (rows, H) new_empty buffers, and no other (n, H) tensor (n not D + 1 = C = 4)."""
-    made = [shape for name, shape in ops if name == "new_empty.default" and shape is not None and H in shape]
-    assert made == [(rows, H)] * buffers, f"(rows, H) buffers made: {made}, expected {buffers} of {(rows, H)}"
-    fresh = [(name, shape) for name, shape in ops if shape is not None and len(shape) == 2 and shape[1] == H
-             and shape[0] != 4 and name not in INTO_BUFFERS | {"new_empty.default"}]  # fmt: skip
-    assert not fresh, f"(n, H) tensors made outside the buffers: {fresh}"
 
 
 def _assert_chunks(calls, N, rows):
@@ -102,7 +73,7 @@ def test_network_output_chunked_matches_twin(probabilities, chunking, form, monk
     twin = reference.probs if probabilities else reference.logits
     assert_close_relative(out, twin(x, *params), "output")
     _assert_chunks(calls, N, rows)
-    _assert_buffers(allocations.ops, 6, min(N, rows), 1)
+    assert_buffers(allocations.ops, 6, min(N, rows), 1)
     assert len(layouts) == column_major_W2, "W2 in column-major layout exactly when asked"
 
 
@@ -166,7 +137,7 @@ def test_backward_from_logits_chunked_matches_twin(chunking, sigmoid_form, needs
         assert_close_relative(g, r, f"gradient of {name}")
     if any(needs[:4]):
         _assert_chunks(calls, N, rows)
-        _assert_buffers(allocations.ops, 6, min(N, rows), 2 if any(needs[:3]) else 1)
+        assert_buffers(allocations.ops, 6, min(N, rows), 2 if any(needs[:3]) else 1)
     else:
         assert calls == [], "only db2 asked: no chunk pass"
 
@@ -187,7 +158,7 @@ def test_backward_from_logits_chunked_every_gradient(chunking, sigmoid_form, mon
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
         assert_close_relative(g, r, f"gradient of {name}")
     _assert_chunks(calls, N, rows)
-    _assert_buffers(allocations.ops, 6, min(N, rows), 2)
+    assert_buffers(allocations.ops, 6, min(N, rows), 2)
 
 
 @pytest.mark.parametrize("needs", [(True,) * 5, (False, False, False, False, True), (True, False, True, False, False)])

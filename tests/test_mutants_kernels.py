@@ -12,6 +12,7 @@ import itertools
 
 import pytest
 import torch
+from planted.allocations import Allocations, assert_buffers
 from planted.twins import assert_close_relative, assert_matches_twin, grads_of, problem
 
 from manualgrad import functional, kernels, reference
@@ -247,3 +248,71 @@ def test_backward_from_logits_default_is_recordable():
     ref = torch.autograd.grad(reference.logits(*leaves), leaves, grad_z2_ref, create_graph=True)
     (second_ref,) = torch.autograd.grad(sum(g.sum() for g in ref[:4]) + ref[4].sum(), grad_z2_ref)
     assert_close_relative(second, second_ref, "d(sum of gradients)/d delta2")
+
+
+# ---- loss_and_gradients (the loss's gradients in the forward) called directly ------------------------
+
+NEEDS_SOME = [(True,) * 5, (True, False, False, False, False), (False, True, True, False, False),
+              (False, False, False, True, False), (False, False, False, False, True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("needs", NEEDS_SOME, ids=lambda n: "".join("1" if b else "0" for b in n))
+@pytest.mark.parametrize("form", [(False, False), (True, True)], ids=["tanh", "sigmoid-colmajor"])
+@pytest.mark.parametrize("rows", [7, 100, 5, 2, 1])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.filterwarnings("error")
+def test_loss_and_gradients_matches_twin_and_its_buffers(soft, rows, form, needs, monkeypatch):
+    """Values against the twin; the chunks through two (rows, H) buffers, W1 and b1 doubled once, a1 in place."""
+    sigmoid_form, column_major_W2 = form
+    N, D, H = 7, 3, 6
+    x, indices, probabilities, params = problem(N=N, D=D, H=H)
+    target = probabilities if soft else indices
+    calls, layouts = [], []
+    original = kernels.hidden_activation_fast
+
+    def spy(xs, W1, b1, out=None, **kw):
+        calls.append((out is not None, kw["sigmoid_form"], bool(kw.get("doubled")), kw["in_place"]))
+        return original(xs, W1, b1, out, **kw)
+
+    monkeypatch.setattr(kernels, "hidden_activation_fast", spy)
+    monkeypatch.setattr(kernels, "column_major", lambda W2: layouts.append(W2) or W2.T.contiguous().T)
+    with Allocations() as allocations:
+        loss, grads = kernels.loss_and_gradients(
+            x, target, *params, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, column_major_W2=column_major_W2
+        )
+    twin = [t.clone().requires_grad_(n) for t, n in zip([x, *params], needs)]
+    ref_loss = reference.loss(twin[0], target, *twin[1:], reduction="sum")
+    ref_grads = iter(torch.autograd.grad(ref_loss, [t for t in twin if t.requires_grad]))
+    assert_close_relative(loss, ref_loss.detach(), "summed loss")
+    for name, g, n in zip(["x", "W1", "b1", "W2", "b2"], grads, needs):
+        assert_close_relative(g, next(ref_grads) if n else None, f"gradient of {name}")
+    chunked = rows < N
+    n_chunks = -(-N // rows) if chunked else 1
+    assert calls == [(chunked, sigmoid_form, chunked and sigmoid_form, True)] * n_chunks
+    assert len(layouts) == column_major_W2
+    made = [shape for name, shape in allocations.ops if name == "new_empty.default"]
+    need_delta1 = any(needs[:3])
+    expected = [(rows, H)] * (chunked + (chunked and need_delta1)) + [(N, D)] * (chunked and needs[0])
+    assert made == expected, f"new_empty {made}, expected {expected}"
+    if chunked:
+        assert_buffers(allocations.ops, H, rows, 1 + need_delta1, allowed_rows=(D, 4))
+
+
+@pytest.mark.parametrize("needs", NEEDS_SOME[:3], ids=lambda n: "".join("1" if b else "0" for b in n))
+def test_loss_and_gradients_empty_batch(needs):
+    x, indices, _, params = problem(N=0)
+    loss, grads = kernels.loss_and_gradients(
+        x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True
+    )
+    assert loss.shape == () and loss == 0
+    for name, g, t, n in zip(["x", "W1", "b1", "W2", "b2"], grads, [x, *params], needs):
+        assert (g is None) if not n else (g.shape == t.shape and (g == 0).all()), f"gradient of {name}"
+
+
+def test_reduce_loss_and_mean_scale():
+    per_row = torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)
+    assert kernels.reduce_loss(per_row, "mean") == 3.0 and kernels.reduce_loss(per_row, "sum") == 9.0
+    assert kernels.reduce_loss(per_row, "none") is per_row
+    assert torch.isnan(kernels.reduce_loss(per_row, "mean", 0)), "no classes: 0/0 as F.cross_entropy"
+    assert torch.isnan(kernels.reduce_loss(per_row[:0], "mean", 3)), "empty batch: 0/0"
+    assert kernels.mean_scale(4) == 0.25 and kernels.mean_scale(4, 2) == 0.25
