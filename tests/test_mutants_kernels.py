@@ -267,14 +267,19 @@ def test_loss_and_gradients_matches_twin_and_its_buffers(soft, rows, form, needs
     N, D, H = 7, 3, 6
     x, indices, probabilities, params = problem(N=N, D=D, H=H)
     target = probabilities if soft else indices
-    calls, layouts = [], []
-    original = kernels.hidden_activation_fast
+    calls, layouts, deltas = [], [], []
+    original, original_delta2 = kernels.hidden_activation_fast, kernels.loss_grad_logits
 
     def spy(xs, W1, b1, out=None, **kw):
         calls.append((out is not None, kw["sigmoid_form"], bool(kw.get("doubled")), kw["in_place"]))
         return original(xs, W1, b1, out, **kw)
 
+    def spy_delta2(*args, **kw):
+        deltas.append(kw.get("in_place"))
+        return original_delta2(*args, **kw)
+
     monkeypatch.setattr(kernels, "hidden_activation_fast", spy)
+    monkeypatch.setattr(kernels, "loss_grad_logits", spy_delta2)
     monkeypatch.setattr(kernels, "column_major", lambda W2: layouts.append(W2) or W2.T.contiguous().T)
     with Allocations() as allocations:
         loss, grads = kernels.loss_and_gradients(
@@ -289,6 +294,7 @@ def test_loss_and_gradients_matches_twin_and_its_buffers(soft, rows, form, needs
     chunked = rows < N
     n_chunks = -(-N // rows) if chunked else 1
     assert calls == [(chunked, sigmoid_form, chunked and sigmoid_form, True)] * n_chunks
+    assert deltas == [True] * n_chunks, "delta2 = y_hat - y in place on the fresh y_hat"
     assert len(layouts) == column_major_W2
     made = [shape for name, shape in allocations.ops if name == "new_empty.default"]
     need_delta1 = any(needs[:3])
@@ -307,6 +313,22 @@ def test_loss_and_gradients_empty_batch(needs):
     assert loss.shape == () and loss == 0
     for name, g, t, n in zip(["x", "W1", "b1", "W2", "b2"], grads, [x, *params], needs):
         assert (g is None) if not n else (g.shape == t.shape and (g == 0).all()), f"gradient of {name}"
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_grad_logits_default_is_recordable(reduction):
+    """Without ``in_place`` delta2 is out of place: it can be differentiated again (double backward)."""
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, 1, 1, 2])
+    grad_loss = torch.tensor(1.5, dtype=torch.float64) if reduction != "none" else torch.linspace(0.5, 1.5, 5)
+    delta2 = kernels.loss_grad_logits(torch.log_softmax(logits, 1), target, reduction, grad_loss.double())
+    (second,) = torch.autograd.grad((delta2 * delta2).sum(), logits)
+    loss = torch.nn.functional.cross_entropy(logits, target, reduction=reduction)
+    (ref,) = torch.autograd.grad(loss, logits, grad_loss.double(), create_graph=True)
+    assert_close_relative(delta2.detach(), ref.detach(), "delta2")
+    (second_ref,) = torch.autograd.grad((ref * ref).sum(), logits)
+    assert_close_relative(second, second_ref, "d|delta2|^2/dz2")
 
 
 def test_reduce_loss_and_mean_scale():
