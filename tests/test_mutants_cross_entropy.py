@@ -20,7 +20,7 @@ from manualgrad import functional, kernels, reference
 
 N, C = 7, 4
 TARGETS = ["indices", "some-ignored", "all-ignored", "empty", "probabilities"]
-OPTIONS = list(itertools.product([False, True], [0.0, 0.3]))  # (weighted, label_smoothing)
+OPTIONS = [*itertools.product([False, True], [0.0, 0.3]), (True, 1.0)]  # (weighted, label_smoothing)
 OPTION_IDS = [f"{'weight' if w else 'noweight'}-eps{e}" for w, e in OPTIONS]
 IGNORE = 2
 
@@ -62,6 +62,7 @@ def test_effective_target_gives_cross_entropy(kind, options, reduction, dtype):
     assert q.shape == (n, C) and q.dtype == dtype
     assert q_reduction == (reduction if soft or reduction != "mean" else "sum")
     assert (term is None) == (soft or reduction != "mean")
+    assert term is None or (term.shape == () and term.dtype == dtype)
     loss = _loss_from_q(logits, q, q_reduction if not soft else "none", term)
     if soft:  # probabilities keep their reduction: the mean divides by N
         loss = loss if reduction == "none" else loss.sum() / (n if reduction == "mean" else 1)
@@ -107,3 +108,26 @@ def test_loss_options_match_twin(kind, options, reduction, in_forward):
             assert torch.isnan(loss) and torch.isnan(twin(x, target, *params))
             return
         assert_matches_twin(manual, twin, [x, target, *params], needs)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_effective_target_on_the_target_device(weighted, eps):
+    """q and the term are made where the target is (the meta device: no data, any device mismatch raises)."""
+    target = torch.tensor([0, 2, 1], device="meta")
+    weight = torch.ones(C, dtype=torch.float64, device="meta") if weighted else None
+    q, _, term = kernels.effective_target(
+        target, C, torch.float64, "mean", weight=weight, ignore_index=1, label_smoothing=eps
+    )
+    assert q.device.type == "meta" and q.shape == (3, C) and term.device.type == "meta"
+
+
+def test_effective_target_one_class_with_ignored_rows():
+    """C = 1: an ignored row must not point at a class that does not exist."""
+    logits = torch.randn(3, 1, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, -100, 0])
+    q, reduction, term = kernels.effective_target(
+        target, 1, torch.float64, "mean", weight=None, ignore_index=-100, label_smoothing=0.1
+    )
+    loss = _loss_from_q(logits, q, reduction, term)
+    assert_close_relative(loss.detach(), F.cross_entropy(logits, target, label_smoothing=0.1).detach(), "loss")
