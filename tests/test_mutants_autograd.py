@@ -131,24 +131,30 @@ def test_batched_upstream_gradients_match_twin(entry, chunked, monkeypatch):
 
 
 @pytest.mark.parametrize("upstream", [float("inf"), float("-inf"), float("nan"), 2.5])
-def test_precomputed_loss_with_non_finite_upstream_gradient(upstream):
+def test_precomputed_loss_with_non_finite_upstream_gradient(upstream, monkeypatch):
+    """A finite upstream gradient scales the gradients of the forward; a non-finite one recomputes them."""
     x, indices, _, params = problem(N=9, H=512)
     leaves = [p.clone().requires_grad_() for p in params]
     with functional.loss_gradients_in_forward(True, chunk_rows=4):
         loss = functional.two_layer_net_loss(x, indices, *leaves)
+    recomputed = _spy(monkeypatch, autograd, "_loss_forward")
     grads = torch.autograd.grad(loss, leaves, torch.tensor(upstream, dtype=x.dtype))
+    assert len(recomputed) == (upstream != 2.5)
     ref = torch.autograd.grad(reference.loss(x, indices, *leaves), leaves, torch.tensor(upstream, dtype=x.dtype))
     for i, (m, r) in enumerate(zip(grads, ref)):
         torch.testing.assert_close(m, r, rtol=1e-10, atol=0, equal_nan=True, msg=lambda s, i=i: f"gradient {i}: {s}")
 
 
-def test_precomputed_loss_with_batched_upstream_gradient():
+def test_precomputed_loss_with_batched_upstream_gradient(monkeypatch):
+    """A vmap-batched upstream gradient has no single value to read: the forward's gradients are scaled."""
     x, indices, _, params = problem(N=9, H=512)
     leaves = [p.clone().requires_grad_() for p in params]
     g = torch.tensor([1.0, -2.0, 0.5], dtype=x.dtype)
     with functional.loss_gradients_in_forward(True, chunk_rows=4):
         loss = functional.two_layer_net_loss(x, indices, *leaves)
+    recomputed = _spy(monkeypatch, autograd, "_loss_forward")
     grads = torch.autograd.grad(loss, leaves, g, is_grads_batched=True)
+    assert recomputed == [], "no recomputation"
     ref = torch.autograd.grad(reference.loss(x, indices, *leaves), leaves, g, is_grads_batched=True)
     for i, (m, r) in enumerate(zip(grads, ref)):
         assert_close_relative(m, r, f"batched gradient {i}")
