@@ -200,3 +200,24 @@ def test_functions_without_jvp_are_picked_under_compilation(entry, monkeypatch):
         out, expected = manual(x, *params), (reference.probs if entry == "probs" else reference.logits)(x, *params)
     assert_close_relative(out, expected, "value")
     assert applied == [{"probs": "Probs", "logits": "Logits", "loss": "Loss"}[entry] + "FunctionNoJvp"]
+
+
+@pytest.mark.parametrize("entry", ["probs", "logits"])
+def test_forward_ad_on_the_chunked_path(entry, monkeypatch):
+    """torch.autograd.forward_ad in eager mode keeps the chunked forward; its jvp recomputes a1 (b1 needed)."""
+    import torch.autograd.forward_ad as fwAD
+
+    _lower_chunking(monkeypatch, rows=3)
+    forwards = _spy(monkeypatch, autograd, "network_output_chunked")
+    x, _, _, params = problem(N=7, H=5)
+    manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
+    twin = reference.probs if entry == "probs" else reference.logits
+    g = torch.Generator().manual_seed(12)
+    inputs = [x, *params]
+    tangents = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in inputs]
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(manual(*[fwAD.make_dual(t, d) for t, d in zip(inputs, tangents)]))
+        ref = fwAD.unpack_dual(twin(*[fwAD.make_dual(t, d) for t, d in zip(inputs, tangents)]))
+    assert len(forwards) == 1, "the chunked forward was taken"
+    assert_close_relative(out.primal, ref.primal, "value")
+    assert_close_relative(out.tangent, ref.tangent, "tangent")
