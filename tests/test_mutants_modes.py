@@ -140,3 +140,17 @@ def test_no_classes_gives_cross_entropys_values(in_forward, reduction):
         loss = functional.two_layer_net_loss(x, target, W1.requires_grad_(), b1, W2, b2, reduction=reduction)
     expected = reference.loss(x, target, W1, b1, W2, b2, reduction=reduction)
     torch.testing.assert_close(loss.detach(), expected.detach(), equal_nan=True)
+
+
+def test_a_symbolic_batch_size_takes_the_one_path():
+    """An x whose N is a SymInt (a fake tensor with a dynamic first dimension, outside any tracing mode)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    dynamic = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    x = FakeTensorMode(shape_env=ShapeEnv()).from_tensor(torch.zeros(4096, 2), symbolic_context=dynamic)
+    assert type(x.shape[0]) is torch.SymInt and modes.tracing(x)
+    assert modes.sigmoid_tanh_pays(x, 500) is False
+    assert modes.network_in_chunks(x) is False
+    params = [torch.zeros(2, 5, requires_grad=True)]
+    assert modes.gradients_in_forward(x, torch.zeros(4096, dtype=torch.long), params, "mean") is None
