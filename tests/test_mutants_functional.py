@@ -142,3 +142,25 @@ def test_the_loss_takes_the_strategy_asked_for(in_forward, monkeypatch):
     with functional.loss_gradients_in_forward(in_forward, chunk_rows=4):
         assert_matches_twin(lambda *t: functional.two_layer_net_loss(*t), reference.loss, [x, indices, *params])
     assert len(calls) == in_forward
+
+
+def test_autocast_takes_a_weight_of_another_floating_dtype():
+    x, indices, _, params = problem(N=7, H=5, dtype=torch.float32)
+    weight = torch.tensor([0.5, 2.0, 1.5, 0.25], dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = functional.two_layer_net_loss(x, indices, *params, weight=weight)
+    expected = reference.loss(x, indices, *params, weight=weight.float())
+    assert loss.dtype == torch.float32
+    assert_close_relative(loss, expected, "weighted loss", rtol=1e-5)
+    with pytest.raises(TypeError, match=r"weight"):
+        functional.two_layer_net_loss(x, indices, *params, weight=weight)
+
+
+def test_symbolic_sizes_are_checked_on_every_call():
+    """Under make_fx(symbolic) the metadata cannot be hashed: the checks run, a bad x is refused by name."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, _, _, params = problem(N=4, H=5)
+    make_fx(functional.two_layer_net, tracing_mode="symbolic")(x, *params)
+    with pytest.raises(ValueError, match=r"x must have"):
+        make_fx(functional.two_layer_net, tracing_mode="symbolic")(x[:, :2], *params)
