@@ -36,6 +36,7 @@ from .kernels import (
     add_tangents,
     backward_from_logits,
     column_major,
+    cross_entropy_of_log_probs,
     hidden_activation,
     hidden_activation_fast,
     logits_tangent,
@@ -44,7 +45,6 @@ from .kernels import (
     loss_grad_target,
     mean_scale,
     output_logits,
-    per_sample_loss,
     reduce_loss,
     softmax_jvp,
     softmax_vjp,
@@ -70,6 +70,14 @@ def _loss_forward(
     a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=sigmoid_form, in_place=in_place)  # (N, H)  eq. (1), (2)
     log_probs = torch.log_softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4)
     return a1, log_probs
+
+
+def _hidden_activation_forward(x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
+    """a1 (N, H), eq. (1), (2), as the probs and logits forwards keep it: in the sigmoid form where
+    that pays (eager CPU), in place on z1 where nothing records."""
+    return hidden_activation_fast(
+        x, W1, b1, sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]), in_place=not backward_is_differentiated()
+    )
 
 
 def _network_chunked(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, *, probabilities: bool) -> Tensor:
@@ -128,7 +136,7 @@ class LogitsFunctionNoJvp(Function):
     def forward(x, W1, b1, W2, b2):
         if modes.network_in_chunks(x):  # eager, many rows: a1 is not kept, backward recomputes it
             return _network_chunked(x, W1, b1, W2, b2, probabilities=False), None  # (N, C)  eq. (1)-(3)
-        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+        a1 = _hidden_activation_forward(x, W1, b1)  # (N, H)  eq. (1), (2)
         z2 = output_logits(a1, _W2_for(W2, x.shape[0]), b2)  # (N, C)  eq. (3)
         return z2, a1
 
@@ -139,7 +147,7 @@ class LogitsFunctionNoJvp(Function):
         if a1 is not None:
             ctx.mark_non_differentiable(a1)
         ctx.set_materialize_grads(False)
-        ctx.device_type = x.device.type
+        ctx.device_type = modes.device_type(x)
         ctx.save_for_backward(x, W1, b1, W2, b2, a1)
         ctx.save_for_forward(x, W1, b1, W2, b2, a1)
 
@@ -177,7 +185,7 @@ class ProbsFunctionNoJvp(Function):
     def forward(x, W1, b1, W2, b2):
         if modes.network_in_chunks(x):  # eager, many rows: a1 is not kept, backward recomputes it
             return _network_chunked(x, W1, b1, W2, b2, probabilities=True), None  # (N, C)  eq. (1)-(4)
-        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
+        a1 = _hidden_activation_forward(x, W1, b1)  # (N, H)  eq. (1), (2)
         y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4)
         return y_hat, a1
 
@@ -188,7 +196,7 @@ class ProbsFunctionNoJvp(Function):
         if a1 is not None:
             ctx.mark_non_differentiable(a1)
         ctx.set_materialize_grads(False)
-        ctx.device_type = x.device.type
+        ctx.device_type = modes.device_type(x)
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
         ctx.save_for_forward(x, W1, b1, W2, b2, a1, y_hat)
 
@@ -248,7 +256,7 @@ class LossFunctionNoJvp(Function):
             loss = loss_sum * mean_scale(x.shape[0], W2.shape[1]) if reduction == "mean" else loss_sum  # ()  eq. (5)
             return (loss, *grads)
         a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not backward_is_differentiated())
-        loss = reduce_loss(per_sample_loss(log_probs, target), reduction, W2.shape[1])  # () or (N,)  eq. (5)
+        loss = cross_entropy_of_log_probs(log_probs, target, reduction)  # () or (N,)  eq. (5)
         return loss, a1, log_probs
 
     @staticmethod
@@ -257,7 +265,7 @@ class LossFunctionNoJvp(Function):
         residuals = [t for t in output[1:] if t is not None]
         ctx.mark_non_differentiable(*residuals)
         ctx.set_materialize_grads(False)
-        ctx.device_type = x.device.type
+        ctx.device_type = modes.device_type(x)
         ctx.reduction = reduction
         ctx.precomputed = precompute is not None
         ctx.num_residuals = len(output) - 1
@@ -321,7 +329,7 @@ def _finite(grad_loss: Tensor) -> bool:
     functorch = torch._C._functorch
     if functorch.is_legacy_batchedtensor(grad_loss) or functorch.is_functorch_wrapped_tensor(grad_loss):
         return True  # a batched upstream gradient (gradcheck's batched grad) has no single value to read
-    if grad_loss.device.type != "cpu":
+    if not grad_loss.is_cpu:
         return True
     return bool(torch.isfinite(grad_loss))
 

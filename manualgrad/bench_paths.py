@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from .bench_loss import make_problem  # the loss benchmark's problem: same seed, same data
 
 PATHS = ("loss", "cross_entropy", "nll_log_probs", "square_mean")
 OPTIMIZERS = ("sgd", "adam")
@@ -88,8 +89,6 @@ def _losses(path: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch
 
 def make_steps(path: str, N: int, hidden: int, device: str, optimizer: str | None = None) -> tuple[Step, Step]:
     """(manualgrad step, autograd step) of one path, each on its own copy of the same model."""
-    from .bench import make_problem  # the shared problem: same seed, same data
-
     model, x, target = make_problem(N, hidden, device)
     twin, _, _ = make_problem(N, hidden, device)
     twin_params = list(twin.parameters())
@@ -195,19 +194,73 @@ def format_table(results: Sequence[PathResult], device: str) -> str:
     return "\n".join(lines)
 
 
-def format_targets(results: Sequence[PathResult]) -> str:
-    """One line per target of the issue that this run measured: met, unmet, or too noisy to say."""
+# bytes held for backward (saved storages other than x, target and parameters) <= this share of
+# autograd's, for probs and logits at N = MEMORY_TARGET_N (issue 13)
+MEMORY_TARGET_N, MEMORY_TARGET_SHARE = 65536, 0.10
+MEMORY_PATHS = ("probs", "logits")
+
+
+def busy(load: float | None, cores: int | None) -> bool:
+    """Whether the machine had more runnable work than cores (1-minute load average): then every
+    timing waits for time slices and a ratio can move far from run to run."""
+    return load is not None and bool(cores) and load > cores  # type: ignore[operator]
+
+
+def _verdict(r: PathResult, at_least: float) -> str:
+    verdict = "met" if r.ratio >= at_least else "UNMET"
+    if r.spread[0] < at_least <= r.spread[1]:  # some rounds say otherwise
+        verdict += " (noisy)" if r.noisy else " (within spread)"
+    return verdict
+
+
+def format_targets(
+    results: Sequence[PathResult],
+    held: dict[str, tuple[int, int]] | None = None,
+    load: tuple[float | None, int | None] = (None, None),
+) -> str:
+    """One line per target of the issue that this run measured: met, UNMET, or '(noisy)' where the
+    spread [min-max] straddles the target, so that the verdict cannot be trusted.
+
+    Args:
+        results: the path results (``run``).
+        held: for the memory target, path -> (manualgrad bytes held, autograd's) at MEMORY_TARGET_N.
+        load: (1-minute load average, cores) of the machine during the run; a busy machine is said.
+    """
     by_key = {(r.path, r.N): r for r in results}
-    lines = ["Targets (median ratio; 'noisy' when the spread is too large to trust the verdict):"]
+    lines = [
+        "Targets (median ratio [min-max] over rounds; when the spread straddles the target: '(noisy)' if it "
+        f"exceeds {NOISY:.0%} of the median, else '(within spread)')"
+    ]
+    if busy(*load):
+        lines.append(
+            f"  machine busy during the run (load {load[0]:.1f} on {load[1]} cores): every ratio may move "
+            "from run to run; trust only verdicts whose whole spread clears the target"
+        )
     for path, targets in TARGETS.items():
         for N, at_least in targets:
             r = by_key.get((path, N))
             if r is None:
                 continue
-            verdict = "met" if r.ratio >= at_least else "UNMET"
-            if r.noisy and (r.spread[0] < at_least <= r.spread[1]):
-                verdict += " (noisy)"
-            lines.append(f"  {path:14s} N={N:<6d} >= {at_least:.2f}x: {r.ratio:.2f}x {verdict}")
+            low, high = r.spread
+            measured = f"{r.ratio:.2f}x [{low:.2f}-{high:.2f}]"
+            lines.append(f"  {path:14s} N={N:<6d} >= {at_least:.2f}x: {measured} {_verdict(r, at_least)}")
+    for (path, N), r in sorted(by_key.items(), key=lambda item: (item[0][1], item[0][0])):
+        if "+" not in path or (bare := by_key.get(("loss", N))) is None:
+            continue
+        at_least = dict(TARGETS["loss"]).get(N)
+        target = f">= {at_least:.2f}x" if at_least is not None else "shown"
+        lines.append(
+            f"  {path:14s} N={N:<6d} {target} (the loss's, optimizer step on both sides): {r.ratio:.2f}x "
+            f"[{r.spread[0]:.2f}-{r.spread[1]:.2f}]{'' if at_least is None else ' ' + _verdict(r, at_least)}"
+            f"; bare loss {bare.ratio:.2f}x"
+        )
+    for path, (mine, theirs) in (held or {}).items():
+        share = mine / theirs if theirs else float("nan")
+        verdict = "met" if share <= MEMORY_TARGET_SHARE else "UNMET"
+        lines.append(
+            f"  {path:14s} N={MEMORY_TARGET_N:<6d} bytes held <= {MEMORY_TARGET_SHARE:.0%} of autograd's: "
+            f"{mine} B against {theirs} B ({share:.1%}) {verdict}"
+        )
     return "\n".join(lines)
 
 

@@ -79,12 +79,16 @@ _Key = tuple[object, ...]
 _checked: dict[_Key, bool] = {}
 
 
+def _metadata_of(t: Tensor) -> _Key:
+    return (type(t), t.dtype, t.device, t.layout, t.shape)
+
+
 def _metadata(*tensors: object) -> _Key | None:
     """What the boundary checks read of these tensors, or None where it must not be cached."""
     if torch.compiler.is_compiling():  # traced: the checks cost nothing at run time
         return None
     try:
-        return tuple(m for t in tensors for m in (type(t), t.dtype, t.device, t.layout, t.shape))  # type: ignore[attr-defined]
+        return tuple(map(_metadata_of, tensors))  # type: ignore[arg-type]
     except AttributeError:  # not a tensor: the checks say what it is
         return None
 
@@ -104,29 +108,42 @@ def _remember(key: _Key | None) -> None:
             pass
 
 
+def _autocast(x: object) -> bool:
+    return isinstance(x, Tensor) and autocast_enabled(modes.device_type(x))
+
+
+def _check_network(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool) -> Tensor:
+    validation.check_parameters(W1, b1, W2, b2)
+    x = validation.require_tensor("x", x)
+    return validation.check_input(x, W1, autocast=autocast)
+
+
 def _prepare(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, bool]:
-    autocast = isinstance(x, Tensor) and autocast_enabled(x.device.type)
+    autocast = _autocast(x)
     key = _metadata(x, W1, b1, W2, b2)
     key = None if key is None else (*key, autocast)
     if _seen(key):
         return x, autocast  # type: ignore[return-value]
-    validation.check_parameters(W1, b1, W2, b2)
-    x = validation.require_tensor("x", x)
-    x = validation.check_input(x, W1, autocast=autocast)
+    x = _check_network(x, W1, b1, W2, b2, autocast)
     _remember(key)
     return x, autocast
 
 
-def _check_target(target: object, x: Tensor, W1: Tensor, W2: Tensor, autocast: bool) -> Tensor:
-    """``validation.check_target`` (metadata only), decided once per combination (see ``_checked``).
+def _prepare_loss(
+    x: object, target: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor
+) -> tuple[Tensor, Tensor, bool]:
+    """The network's checks and ``validation.check_target`` (metadata only), as one cached decision.
 
     The class range needs the values: the caller checks it on every call."""
-    key = _metadata(target, x, W1, W2)
-    key = None if key is None else (*key, "target", autocast)
-    if not _seen(key):
-        target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
-        _remember(key)
-    return cast(Tensor, target)  # a key is only made for tensors; else check_target raised
+    autocast = _autocast(x)
+    key = _metadata(x, target, W1, b1, W2, b2)
+    key = None if key is None else (*key, "loss", autocast)
+    if _seen(key):
+        return x, target, autocast  # type: ignore[return-value]
+    x = _check_network(x, W1, b1, W2, b2, autocast)
+    target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
+    _remember(key)
+    return x, target, autocast
 
 
 def _apply_network(
@@ -135,7 +152,7 @@ def _apply_network(
     unbatched = x.dim() == 1
     x2 = x.unsqueeze(0) if unbatched else x  # (N, D)
     if autocast:  # precision policy: manualgrad computes in the parameters' dtype
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(modes.device_type(x), enabled=False):
             out, _ = apply_function(function, x2.to(W1.dtype), W1, b1, W2, b2)
     else:
         out, _ = apply_function(function, x2, W1, b1, W2, b2)
@@ -261,10 +278,9 @@ def two_layer_net_loss(
         >>> bool(torch.allclose(loss, F.cross_entropy(z2, target)))
         True
     """
-    x, autocast = _prepare(x, W1, b1, W2, b2)
+    x, target, autocast = _prepare_loss(x, target, W1, b1, W2, b2)
     reduction = validation.check_reduction(reduction)
-    check_values = x.device.type == "cpu" and not modes.tracing(x)  # else gather checks the range
-    target = _check_target(target, x, W1, W2, autocast)
+    check_values = x.is_cpu and not modes.tracing(x)  # else gather checks the range
     weight, label_smoothing = validation.check_loss_options(
         weight, ignore_index, label_smoothing, target, W1, W2, autocast=autocast
     )
@@ -291,7 +307,7 @@ def two_layer_net_loss(
         reduction_of_q = reduction
     function = _pick(LossFunction, LossFunctionNoJvp)
     precompute = modes.gradients_in_forward(x, target, (W1, b1, W2, b2), reduction_of_q)
-    with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
+    with torch.autocast(modes.device_type(x), enabled=False) if autocast else nullcontext():
         loss = apply_function(function, x, target, W1, b1, W2, b2, reduction_of_q, precompute)[0]
     if add_to_loss is not None:
         loss = loss + add_to_loss  # ()  NaN when no row counts, as F.cross_entropy's 0/0

@@ -146,6 +146,21 @@ def reduce_loss(loss_per_sample: Tensor, reduction: str, num_classes: int = 1) -
     return total * mean_scale(loss_per_sample.shape[0], num_classes) if reduction == "mean" else total
 
 
+# Reductions in the order of aten's enum (torch.nn._reduction.get_enum); no label equals this index.
+_REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}
+_NO_LABEL = -(1 << 63)
+
+
+def cross_entropy_of_log_probs(log_probs: Tensor, target: Tensor, reduction: str) -> Tensor:
+    """-sum_c y log y_hat per row, reduced: () or (N,), eq. (5); ``reduce_loss(per_sample_loss(...))``.
+
+    Class indices: one ``nll_loss`` op in place of five (gather, squeeze, neg, sum, scale), which at
+    small N cost more than their arithmetic; no label is ignored, and nll_loss checks the range."""
+    if target.is_floating_point() or log_probs.shape[1] == 0:
+        return reduce_loss(per_sample_loss(log_probs, target), reduction, log_probs.shape[1])
+    return torch._C._nn.nll_loss(log_probs, target, None, _REDUCTION_ENUM[reduction], _NO_LABEL)
+
+
 def mean_scale(N: int, num_classes: int = 1) -> float:
     """The 1/N of the mean; NaN for an empty batch or no classes, as F.cross_entropy's 0/0."""
     return 1.0 / N if N > 0 and num_classes > 0 else float("nan")

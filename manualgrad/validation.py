@@ -236,6 +236,9 @@ def check_loss_options(
     autocast, a weight of any floating dtype, in the parameters' dtype) and label_smoothing as
     a float.
     """
+    defaults = type(ignore_index) is int and ignore_index == -100 and type(label_smoothing) in (int, float)
+    if defaults and weight is None and label_smoothing == 0:
+        return None, 0.0  # the defaults (-100 is a valid ignore_index for either kind of target)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} ({ignore_index!r})")
     if not -(2**63) <= ignore_index < 2**63:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DEVICES, assert_matches_twin, loss_strategy, make_problem, value_and_grads
 
-from manualgrad import bench, bench_paths, functional, reference
+from manualgrad import bench, bench_loss, bench_memory, bench_paths, bench_report, functional, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,13 +67,34 @@ def test_spread_flags_noise_and_targets_say_so():
     assert any("cross_entropy" in line and "met (noisy)" in line for line in targets)
 
 
+def test_targets_show_the_optimizer_steps_beside_the_bare_step_the_memory_and_a_busy_machine():
+    bare = bench_paths.PathResult("cpu", "loss", 32, 1e-3, 1e-3, [1.2, 1.1, 1.3])
+    sgd = bench_paths.PathResult("cpu", "loss+sgd", 32, 1e-3, 1e-3, [0.8, 0.9, 0.85])
+    adam = bench_paths.PathResult("cpu", "loss+adam", 4096, 1e-3, 1e-3, [4.5, 4.4, 4.6])
+    bare_4096 = bench_paths.PathResult("cpu", "loss", 4096, 1e-3, 1e-3, [5.0, 5.0, 5.0])
+    held = {"probs": (524, 131_000_000), "logits": (20_000_000, 131_000_000)}
+    text = bench_paths.format_targets([bare, sgd, adam, bare_4096], held, (9.5, 2))
+    lines = text.splitlines()
+    sgd_line = next(line for line in lines if "loss+sgd" in line)
+    assert ">= 1.00x" in sgd_line and "0.85x [0.80-0.90] UNMET" in sgd_line and "bare loss 1.20x" in sgd_line
+    adam_line = next(line for line in lines if "loss+adam" in line)
+    assert ">= 4.00x" in adam_line and "4.50x [4.40-4.60] met" in adam_line and "bare loss 5.00x" in adam_line
+    memory = {path: next(line for line in lines if "bytes held" in line and path in line) for path in held}
+    assert memory["probs"].endswith("(0.0%) met") and memory["logits"].endswith("(15.3%) UNMET")
+    assert "machine busy during the run (load 9.5 on 2 cores)" in text
+    close = bench_paths.PathResult("cpu", "loss", 1, 1e-3, 1e-3, [0.84, 0.80, 0.88])  # straddles 0.85, not noisy
+    assert "0.84x [0.80-0.88] UNMET (within spread)" in bench_paths.format_targets([close])
+    assert "machine busy" not in bench_paths.format_targets([bare], held, (1.5, 2))
+    assert not bench_paths.busy(None, 2) and bench_paths.busy(2.1, 2) and not bench_paths.busy(2.0, 2)
+
+
 def test_quick_benchmark_writes_the_plot(quick_run):
     pytest.importorskip("matplotlib")
     _, _, _, out = quick_run
     assert (out / "bench_step.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("path", bench.NETWORK_PATHS)
+@pytest.mark.parametrize("path", bench_report.NETWORK_PATHS)
 def test_saved_bytes_targets_in_the_quick_run(quick_run, path):
     """Probs and logits keep no more alive than autograd; the loss at most a tenth, from a few hundred rows.
 
@@ -92,25 +113,25 @@ def test_saved_bytes_targets_in_the_quick_run(quick_run, path):
 
 def test_loss_saves_under_a_tenth_of_autograd_at_65536_rows():
     """The issue's memory target, measured directly at N=65536 (loss path only, no timing)."""
-    model, x, target = bench.make_problem(65536, bench.HIDDEN, "cpu")
+    model, x, target = bench_loss.make_problem(65536, bench_loss.HIDDEN, "cpu")
     params = list(model.parameters())
     inputs = [x, target, *params]
-    mine = bench.saved_bytes(lambda: model.loss(x, target), inputs)
-    theirs = bench.saved_bytes(lambda: bench.reference.loss(x, target, *params), inputs)
+    mine = bench_memory.saved_bytes(lambda: model.loss(x, target), inputs)
+    theirs = bench_memory.saved_bytes(lambda: reference.loss(x, target, *params), inputs)
     for m, t in zip(mine, theirs):  # packed, distinct, held
         assert m <= 0.10 * t
-    assert theirs[2] >= 65536 * bench.HIDDEN * 4  # autograd holds at least a1 (N, H)
+    assert theirs[2] >= 65536 * bench_loss.HIDDEN * 4  # autograd holds at least a1 (N, H)
 
 
 def test_saved_bytes_counts_each_storage_once():
     x = torch.randn(3, 4, requires_grad=True)
-    packed, distinct, held = bench.saved_bytes(lambda: (x * x).sum(), [x])  # mul saves x twice
+    packed, distinct, held = bench_memory.saved_bytes(lambda: (x * x).sum(), [x])  # mul saves x twice
     assert (packed, distinct, held) == (2 * 48, 48, 0)
 
 
 def test_cpu_peak_bytes_sees_a_temporary():
     x = torch.randn(1000)
-    assert bench.peak_step_bytes(lambda: (x * 2).sum(), "cpu") >= 4000
+    assert bench_memory.peak_step_bytes(lambda: (x * 2).sum(), "cpu") >= 4000
 
 
 def test_bench_script_runs(tmp_path):

@@ -13,7 +13,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from conftest import TOLERANCES, assert_matches_twin, make_problem
 
-from manualgrad import bench, functional, modes, reference
+from manualgrad import bench_loss, bench_memory, functional, modes, reference
 from manualgrad.chunked import backward_from_logits_chunked, network_output_chunked
 from manualgrad.kernels import backward_from_logits, hidden_activation
 
@@ -189,14 +189,14 @@ def test_compile_takes_one_path_for_every_N(chunked):
 
 @pytest.mark.parametrize("path", ["probs", "logits"])
 def test_probs_and_logits_hold_under_a_tenth_of_autograd_at_65536_rows(path):
-    model, x, target = bench.make_problem(65536, bench.HIDDEN, "cpu")
+    model, x, target = bench_loss.make_problem(65536, bench_loss.HIDDEN, "cpu")
     params = list(model.parameters())
     inputs = [x, target, *params]
-    fns = bench.network_paths(model, x, target)
-    mine = bench.saved_bytes(fns[f"manualgrad {path}"], inputs)
-    theirs = bench.saved_bytes(fns[f"autograd {path}"], inputs)
+    fns = bench_memory.network_paths(model, x, target)
+    mine = bench_memory.saved_bytes(fns[f"manualgrad {path}"], inputs)
+    theirs = bench_memory.saved_bytes(fns[f"autograd {path}"], inputs)
     assert mine[2] <= 0.10 * theirs[2]  # held: what the graph keeps from being freed
-    assert theirs[2] >= 65536 * bench.HIDDEN * 4  # autograd holds at least a1 (N, H)
+    assert theirs[2] >= 65536 * bench_loss.HIDDEN * 4  # autograd holds at least a1 (N, H)
 
 
 def test_gradcheck_with_batched_gradients_and_forward_ad_through_the_chunked_path(chunked):

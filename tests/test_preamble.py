@@ -58,3 +58,19 @@ def test_the_cache_is_bounded(monkeypatch):
         x, _, params = make_problem(N, D=3, H=8, C=4)
         functional.two_layer_net_logits(x, *params)
     assert len(functional._checked) == 3
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"ignore_index": -100.0}, TypeError, "ignore_index must be an int"),
+        ({"ignore_index": True}, TypeError, "ignore_index must be an int"),
+        ({"label_smoothing": torch.tensor(0.0)}, TypeError, "label_smoothing must be a float"),
+        ({"label_smoothing": -0.5}, ValueError, r"label_smoothing must lie in \[0, 1\]"),
+    ],
+)
+def test_after_a_good_call_options_that_look_like_the_defaults_are_still_refused(warm, options, error, match):
+    """The defaults return at once from check_loss_options; values equal to them but of another kind do not."""
+    x, target, params = warm
+    with pytest.raises(error, match=match):
+        functional.two_layer_net_loss(x, target, *params, **options)
