@@ -221,3 +221,18 @@ def test_forward_ad_on_the_chunked_path(entry, monkeypatch):
     assert len(forwards) == 1, "the chunked forward was taken"
     assert_close_relative(out.primal, ref.primal, "value")
     assert_close_relative(out.tangent, ref.tangent, "tangent")
+
+
+@pytest.mark.parametrize("entry", ["probs", "logits"])
+def test_network_forward_form_and_in_place_then_recorded_layout(entry, monkeypatch):
+    """Below the chunked size a1 takes the sigmoid form where it pays, in place; a recorded backward recomputes
+    y_hat with W2 in the layout of its rows."""
+    activations = _spy(monkeypatch, autograd, "hidden_activation_fast")
+    x, _, _, params = problem(N=40, H=120)
+    manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
+    leaves = [t.clone().requires_grad_() for t in [x, *params]]
+    out = manual(*leaves)
+    assert activations[0] == dict(sigmoid_form=True, in_place=True)
+    layouts = _layouts(monkeypatch)
+    torch.autograd.grad((out**2).sum(), leaves, create_graph=True)
+    assert len(layouts) == (entry == "probs"), "the recorded recomputation of y_hat: W2 column-major at 40 rows"
