@@ -154,3 +154,14 @@ def test_a_symbolic_batch_size_takes_the_one_path():
     assert modes.network_in_chunks(x) is False
     params = [torch.zeros(2, 5, requires_grad=True)]
     assert modes.gradients_in_forward(x, torch.zeros(4096, dtype=torch.long), params, "mean") is None
+
+
+@pytest.mark.usefixtures("_fresh_check_cache")
+@pytest.mark.parametrize("changed", [0, 2, 3, 4, 5], ids=["x", "W1", "b1", "W2", "b2"])
+def test_prepare_loss_checks_again_when_any_tensor_differs(changed):
+    x, indices, _, params = problem(N=4, H=5)
+    tensors = [x, indices, *params]
+    functional.two_layer_net_loss(*tensors)
+    other = [t.float() if i == changed else t for i, t in enumerate(tensors)]
+    with pytest.raises(TypeError, match=r"dtype"):
+        functional.two_layer_net_loss(*other)
