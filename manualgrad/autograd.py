@@ -53,7 +53,9 @@ from .modes import backward_is_differentiated, in_parameter_precision
 
 # ----------------------------------------------------------------------------------------
 # The Functions. The classes without ``jvp`` are used under torch.compile; the subclasses
-# with ``jvp`` everywhere else.
+# with ``jvp`` everywhere else. ``in_parameter_precision`` is applied to backward and jvp by
+# assignment after each, not as a decorator: the same object, but mutmut (mutation/README.md)
+# mutates only undecorated bodies.
 # ----------------------------------------------------------------------------------------
 
 
@@ -152,7 +154,6 @@ class LogitsFunctionNoJvp(Function):
         ctx.save_for_forward(x, W1, b1, W2, b2, a1)
 
     @staticmethod
-    @in_parameter_precision
     def backward(ctx, grad_z2, _grad_a1):
         x, W1, b1, W2, b2, a1 = ctx.saved_tensors
         if grad_z2 is None:
@@ -162,18 +163,21 @@ class LogitsFunctionNoJvp(Function):
             a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
         return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)
 
+    backward = staticmethod(in_parameter_precision(backward.__func__))
+
 
 class LogitsFunction(LogitsFunctionNoJvp):
     """Logits Function with forward-mode AD (``jvp``)."""
 
     @staticmethod
-    @in_parameter_precision
     def jvp(ctx, tx, tW1, tb1, tW2, tb2):
         x, W1, b1, W2, _, a1 = ctx.saved_tensors
         if a1 is None:  # not kept by the chunked forward
             a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
         return tz2, None
+
+    jvp = staticmethod(in_parameter_precision(jvp.__func__))
 
 
 class ProbsFunctionNoJvp(Function):
@@ -201,7 +205,6 @@ class ProbsFunctionNoJvp(Function):
         ctx.save_for_forward(x, W1, b1, W2, b2, a1, y_hat)
 
     @staticmethod
-    @in_parameter_precision
     def backward(ctx, grad_y_hat, _grad_a1):
         x, W1, b1, W2, b2, a1, y_hat = ctx.saved_tensors
         if grad_y_hat is None:
@@ -213,18 +216,21 @@ class ProbsFunctionNoJvp(Function):
         grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)
         return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)
 
+    backward = staticmethod(in_parameter_precision(backward.__func__))
+
 
 class ProbsFunction(ProbsFunctionNoJvp):
     """Probabilities Function with forward-mode AD (``jvp``)."""
 
     @staticmethod
-    @in_parameter_precision
     def jvp(ctx, tx, tW1, tb1, tW2, tb2):
         x, W1, b1, W2, _, a1, y_hat = ctx.saved_tensors
         if a1 is None:  # not kept by the chunked forward
             a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
         return (None if tz2 is None else softmax_jvp(tz2, y_hat)), None
+
+    jvp = staticmethod(in_parameter_precision(jvp.__func__))
 
 
 class LossFunctionNoJvp(Function):
@@ -273,7 +279,6 @@ class LossFunctionNoJvp(Function):
         ctx.save_for_forward(x, target, W1, b1, W2, b2)
 
     @staticmethod
-    @in_parameter_precision
     def backward(ctx, grad_loss, *_grad_residuals):
         x, target, W1, b1, W2, b2, *residuals = ctx.saved_tensors
         if grad_loss is None:
@@ -296,12 +301,13 @@ class LossFunctionNoJvp(Function):
         grad_target = loss_grad_target(log_probs, ctx.reduction, grad_loss) if needs[1] else None
         return grads[0], grad_target, *grads[1:], None, None
 
+    backward = staticmethod(in_parameter_precision(backward.__func__))
+
 
 class LossFunction(LossFunctionNoJvp):
     """Loss Function with forward-mode AD (``jvp``)."""
 
     @staticmethod
-    @in_parameter_precision
     def jvp(ctx, tx, ttarget, tW1, tb1, tW2, tb2, _treduction, _tprecompute):
         x, target, W1, b1, W2, b2 = ctx.saved_tensors
         a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not backward_is_differentiated())
@@ -319,6 +325,8 @@ class LossFunction(LossFunctionNoJvp):
         if tloss is not None:
             tloss = reduce_loss(tloss, ctx.reduction, W2.shape[1])
         return (tloss,) + (None,) * ctx.num_residuals
+
+    jvp = staticmethod(in_parameter_precision(jvp.__func__))
 
 
 def _finite(grad_loss: Tensor) -> bool:

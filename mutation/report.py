@@ -76,7 +76,7 @@ def main() -> None:
             if status == "survived" and name in reason_by_name:
                 entry = reason_by_name[name]
                 diff = mutant_diff(args.workdir, name)
-                if entry["line"].strip() not in diff:
+                if diff and entry["line"].strip() not in diff:  # no diff: `mutmut show` failed, the name decides
                     stale.append(f"- `{name}`: diff no longer shows `{entry['line'].strip()}`")
                     counts["survived"] += 1
                     survivors.append((name, diff))

@@ -12,9 +12,10 @@ import itertools
 
 import pytest
 import torch
+from planted.allocations import Allocations, assert_buffers
 from planted.twins import assert_close_relative, assert_matches_twin, grads_of, problem
 
-from manualgrad import functional, reference
+from manualgrad import functional, kernels, reference
 
 NEEDS = [n for n in itertools.product([False, True], repeat=5) if any(n)]
 NEED_IDS = ["".join("1" if b else "0" for b in n) for n in NEEDS]
@@ -180,3 +181,162 @@ def test_empty_batch_matches_cross_entropy(in_forward, reduction):
     grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
     for g, t in zip(grads, leaves):
         assert g is None or (g.shape == t.shape and (g == 0).all() or torch.isnan(g).all())
+
+
+# ---- the kernels called directly: exact formulas, the out= buffer, layouts, devices ------------------
+
+HIDDEN_FORMS = [  # (sigmoid_form, doubled, out given, in_place)
+    (s, d, o, i) for s, d, o, i in itertools.product([False, True], repeat=4) if not (d and not s)
+]
+
+
+@pytest.mark.parametrize("form", HIDDEN_FORMS, ids=lambda f: "sigmoid{:d}-doubled{:d}-out{:d}-inplace{:d}".format(*f))
+def test_hidden_activation_fast_formula_and_buffer(form):
+    """Each form evaluates exactly its formula of eq. (2) (bit for bit, float32) and writes into ``out``."""
+    sigmoid_form, doubled, with_out, in_place = form
+    x, _, _, (W1, b1, _, _) = problem(N=9, H=33, dtype=torch.float32, scale=2.0)
+    out = torch.full((9, 33), float("nan")) if with_out else None
+    W1_a, b1_a = (W1 * 2, b1 * 2) if doubled else (W1, b1)
+    a1 = kernels.hidden_activation_fast(
+        x, W1_a, b1_a, out, sigmoid_form=sigmoid_form, in_place=in_place, doubled=doubled
+    )
+    z1 = torch.addmm(b1, x, W1)
+    expected = torch.sigmoid(2 * z1) * 2 - 1 if sigmoid_form else torch.tanh(z1)
+    assert torch.equal(a1, expected), f"max difference {(a1 - expected).abs().max():.3e}"
+    assert_close_relative(a1.double(), torch.tanh(z1.double()), "against tanh", rtol=1e-6)
+    if with_out:
+        assert a1.data_ptr() == out.data_ptr() and a1.shape == out.shape, "a1 must be written into out"
+
+
+@pytest.mark.parametrize("sigmoid_form", [False, True], ids=["tanh", "sigmoid"])
+def test_hidden_activation_fast_recorded_is_differentiable(sigmoid_form):
+    x, _, _, params = problem(N=5, H=7)
+    W1, b1 = (p.clone().requires_grad_() for p in params[:2])
+    a1 = kernels.hidden_activation_fast(x, W1, b1, sigmoid_form=sigmoid_form, in_place=False)
+    (g,) = torch.autograd.grad(a1.sum(), W1)
+    W1_ref = params[0].clone().requires_grad_()
+    (r,) = torch.autograd.grad(torch.tanh(x @ W1_ref + params[1]).sum(), W1_ref)
+    assert_close_relative(g, r, "dW1 through the recorded form")
+
+
+def test_column_major_layout_and_values():
+    W2 = torch.arange(12.0).reshape(4, 3)
+    cols = kernels.column_major(W2)
+    assert cols.stride() == (1, 4) and torch.equal(cols, W2)
+    assert kernels.column_major(cols) is cols, "already column-major: no copy"
+    assert kernels.column_major(W2.T.contiguous().T) is not W2
+
+
+def test_target_distribution_on_the_target_device():
+    target = torch.tensor([2, 0, 1], device="meta")
+    y = kernels.target_distribution(target, 4, torch.float32)
+    assert y.device.type == "meta" and y.shape == (3, 4) and y.dtype == torch.float32
+    y = kernels.target_distribution(torch.tensor([2, 0, 1]), 4, torch.float64)
+    assert torch.equal(y, torch.eye(4, dtype=torch.float64)[[2, 0, 1]])
+
+
+def test_backward_from_logits_default_is_recordable():
+    """Without ``in_place`` the formulas are out of place: they can be differentiated again, a1 included."""
+    x, _, _, params = problem(N=6, H=5)
+    leaves = [t.clone().requires_grad_() for t in [x, *params]]
+    x_, W1, b1, W2, _ = leaves
+    a1 = kernels.hidden_activation(x_, W1, b1)  # recorded: double backward recomputes a1 so
+    grad_z2 = torch.randn(6, 4, dtype=x.dtype, generator=torch.Generator().manual_seed(7)).requires_grad_()
+    grads = kernels.backward_from_logits(grad_z2, x_, W1, W2, a1, [True] * 5)
+    second = torch.autograd.grad(sum(g.sum() for g in grads), [grad_z2, *leaves[:4]])
+    twin_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    grad_z2_ref = grad_z2.detach().clone().requires_grad_()
+    ref = torch.autograd.grad(reference.logits(*twin_leaves), twin_leaves, grad_z2_ref, create_graph=True)
+    second_ref = torch.autograd.grad(sum(g.sum() for g in ref), [grad_z2_ref, *twin_leaves[:4]])
+    for name, m, r in zip(["delta2", "x", "W1", "b1", "W2"], second, second_ref):
+        assert_close_relative(m, r, f"d(sum of gradients)/d {name}")
+
+
+# ---- loss_and_gradients (the loss's gradients in the forward) called directly ------------------------
+
+NEEDS_SOME = [(True,) * 5, (True, False, False, False, False), (False, True, True, False, False),
+              (False, False, False, True, False), (False, False, False, False, True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("needs", NEEDS_SOME, ids=lambda n: "".join("1" if b else "0" for b in n))
+@pytest.mark.parametrize("form", [(False, False), (True, True)], ids=["tanh", "sigmoid-colmajor"])
+@pytest.mark.parametrize("rows", [7, 100, 5, 2, 1])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.filterwarnings("error")
+def test_loss_and_gradients_matches_twin_and_its_buffers(soft, rows, form, needs, monkeypatch):
+    """Values against the twin; the chunks through two (rows, H) buffers, W1 and b1 doubled once, a1 in place."""
+    sigmoid_form, column_major_W2 = form
+    N, D, H = 7, 3, 6
+    x, indices, probabilities, params = problem(N=N, D=D, H=H)
+    target = probabilities if soft else indices
+    calls, layouts, deltas = [], [], []
+    original, original_delta2 = kernels.hidden_activation_fast, kernels.loss_grad_logits
+
+    def spy(xs, W1, b1, out=None, **kw):
+        calls.append((out is not None, kw["sigmoid_form"], bool(kw.get("doubled")), kw["in_place"]))
+        return original(xs, W1, b1, out, **kw)
+
+    def spy_delta2(*args, **kw):
+        deltas.append(kw.get("in_place"))
+        return original_delta2(*args, **kw)
+
+    monkeypatch.setattr(kernels, "hidden_activation_fast", spy)
+    monkeypatch.setattr(kernels, "loss_grad_logits", spy_delta2)
+    monkeypatch.setattr(kernels, "column_major", lambda W2: layouts.append(W2) or W2.T.contiguous().T)
+    with Allocations() as allocations:
+        loss, grads = kernels.loss_and_gradients(
+            x, target, *params, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, column_major_W2=column_major_W2
+        )
+    twin = [t.clone().requires_grad_(n) for t, n in zip([x, *params], needs)]
+    ref_loss = reference.loss(twin[0], target, *twin[1:], reduction="sum")
+    ref_grads = iter(torch.autograd.grad(ref_loss, [t for t in twin if t.requires_grad]))
+    assert_close_relative(loss, ref_loss.detach(), "summed loss")
+    for name, g, n in zip(["x", "W1", "b1", "W2", "b2"], grads, needs):
+        assert_close_relative(g, next(ref_grads) if n else None, f"gradient of {name}")
+    chunked = rows < N
+    n_chunks = -(-N // rows) if chunked else 1
+    assert calls == [(chunked, sigmoid_form, chunked and sigmoid_form, True)] * n_chunks
+    assert deltas == [True] * n_chunks, "delta2 = y_hat - y in place on the fresh y_hat"
+    assert len(layouts) == column_major_W2
+    made = [shape for name, shape in allocations.ops if name == "new_empty.default"]
+    need_delta1 = any(needs[:3])
+    expected = [(rows, H)] * (chunked + (chunked and need_delta1)) + [(N, D)] * (chunked and needs[0])
+    assert made == expected, f"new_empty {made}, expected {expected}"
+    if chunked:
+        assert_buffers(allocations.ops, H, rows, 1 + need_delta1, allowed_rows=(D, 4))
+
+
+@pytest.mark.parametrize("needs", NEEDS_SOME[:3], ids=lambda n: "".join("1" if b else "0" for b in n))
+def test_loss_and_gradients_empty_batch(needs):
+    x, indices, _, params = problem(N=0)
+    loss, grads = kernels.loss_and_gradients(
+        x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True
+    )
+    assert loss.shape == () and loss == 0
+    for name, g, t, n in zip(["x", "W1", "b1", "W2", "b2"], grads, [x, *params], needs):
+        assert (g is None) if not n else (g.shape == t.shape and (g == 0).all()), f"gradient of {name}"
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_grad_logits_default_is_recordable(reduction):
+    """Without ``in_place`` delta2 is out of place: it can be differentiated again (double backward)."""
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, 1, 1, 2])
+    grad_loss = torch.tensor(1.5, dtype=torch.float64) if reduction != "none" else torch.linspace(0.5, 1.5, 5)
+    delta2 = kernels.loss_grad_logits(torch.log_softmax(logits, 1), target, reduction, grad_loss.double())
+    (second,) = torch.autograd.grad((delta2 * delta2).sum(), logits)
+    loss = torch.nn.functional.cross_entropy(logits, target, reduction=reduction)
+    (ref,) = torch.autograd.grad(loss, logits, grad_loss.double(), create_graph=True)
+    assert_close_relative(delta2.detach(), ref.detach(), "delta2")
+    (second_ref,) = torch.autograd.grad((ref * ref).sum(), logits)
+    assert_close_relative(second, second_ref, "d|delta2|^2/dz2")
+
+
+def test_reduce_loss_and_mean_scale():
+    per_row = torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)
+    assert kernels.reduce_loss(per_row, "mean") == 3.0 and kernels.reduce_loss(per_row, "sum") == 9.0
+    assert kernels.reduce_loss(per_row, "none") is per_row
+    assert torch.isnan(kernels.reduce_loss(per_row, "mean", 0)), "no classes: 0/0 as F.cross_entropy"
+    assert torch.isnan(kernels.reduce_loss(per_row[:0], "mean", 3)), "empty batch: 0/0"
+    assert kernels.mean_scale(4) == 0.25 and kernels.mean_scale(4, 2) == 0.25

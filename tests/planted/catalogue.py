@@ -64,7 +64,7 @@ LOGITS_RECOMPUTE = (
 )
 LOGITS_RETURN = (
     "        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)"
-    "\n\n\nclass LogitsFunction("
+    "\n\n    backward = staticmethod(in_parameter_precision(backward.__func__))\n\n\nclass LogitsFunction("
 )
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
 TEXTBOOK, VALIDATION = "manualgrad/textbook.py", "manualgrad/validation.py"
@@ -190,12 +190,18 @@ CATALOGUE = [
         (HVP.format("loss-mean"), HVP.format("loss-soft"))),
     # --- autocast left on in one backward, and in the forward ----------------------------------
     Bug("autocast-on/loss-backward", AUTOGRAD,
-        "    @in_parameter_precision\n    def backward(ctx, grad_loss, *_grad_residuals):",
-        "    def backward(ctx, grad_loss, *_grad_residuals):",
+        "        return grads[0], grad_target, *grads[1:], None, None\n\n"
+        "    backward = staticmethod(in_parameter_precision(backward.__func__))",
+        "        return grads[0], grad_target, *grads[1:], None, None\n\n"
+        "    backward = staticmethod(backward.__func__)",
         (AUTOCAST.format("small-loss-mean"), AUTOCAST.format("large-loss-mean")), verify_args="autocast"),
     Bug("autocast-on/probs-backward", AUTOGRAD,
-        "    @in_parameter_precision\n    def backward(ctx, grad_y_hat, _grad_a1):",
-        "    def backward(ctx, grad_y_hat, _grad_a1):",
+        "        grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)\n"
+        "        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)\n\n"
+        "    backward = staticmethod(in_parameter_precision(backward.__func__))",
+        "        grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)\n"
+        "        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)\n\n"
+        "    backward = staticmethod(backward.__func__)",
         (AUTOCAST.format("small-probs"),), verify_args="autocast"),
     # --- unbatched: a detached target -----------------------------------------------------------
     Bug("detached-target/unbatched", FUNCTIONAL,

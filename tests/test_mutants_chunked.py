@@ -1,0 +1,203 @@
+"""chunked.py (row-chunked probs/logits forward, recomputing backward) against the native-autograd twin.
+
+The kernels are called directly, with small chunk sizes, so that a few rows reach every path: one
+chunk, several with a one-row last chunk, one row per chunk, the sigmoid form of tanh, the
+column-major W2, each subset of gradients, empty batches. Their memory contract (never a buffer of
+more than ``chunk_rows`` rows, one chunk after another) is asserted through the calls of
+``_activation``. The wiring in autograd.py is reached too, with the chunking thresholds of modes.py
+lowered. Every buffer the kernels take from ``new_empty`` is filled with NaN first (an element never
+written shows), no (rows, H) tensor may be made outside those buffers, and warnings are errors (an
+``out=`` of the wrong shape is resized with a warning). Tolerances are relative (tests/planted/twins.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from planted.allocations import Allocations, assert_buffers
+from planted.twins import assert_close_relative, assert_matches_twin, problem
+
+from manualgrad import chunked, functional, modes, reference
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+NEEDS = [n for n in itertools.product([False, True], repeat=5)]
+NEED_IDS = ["".join("1" if b else "0" for b in n) for n in NEEDS]
+# (N, chunk_rows): one chunk, chunk larger than N, several with a one-row last chunk, one row each
+# (D + 1 = C = 4 rows are the stacked [W1; b1] and dW2^T: no chunk of 4 rows, see assert_buffers)
+CHUNKINGS = [(7, 7), (7, 100), (7, 3), (7, 1), (1, 3), (11, 5)]
+FORMS = [(False, False), (True, False), (False, True), (True, True)]
+FORM_IDS = ["tanh", "sigmoid", "tanh-colmajor", "sigmoid-colmajor"]
+
+
+def _spy_chunks(monkeypatch):
+    """Rows of each buffer _activation writes a1 into, and whether a1 is that buffer."""
+    calls = []
+    original = chunked._activation
+
+    def spy(xs_1, W1_b1, out, sigmoid_form):
+        a1 = original(xs_1, W1_b1, out, sigmoid_form)
+        calls.append((xs_1.shape[0], out.shape[0], a1.data_ptr() == out.data_ptr() and a1.shape == out.shape))
+        return a1
+
+    monkeypatch.setattr(chunked, "_activation", spy)
+    return calls
+
+
+def _assert_chunks(calls, N, rows):
+    rows = max(1, min(N, rows))
+    expected = [min(rows, N - start) for start in range(0, N, rows)]
+    assert [c[0] for c in calls] == expected, f"rows per chunk {[c[0] for c in calls]}, expected {expected}"
+    assert all(buf == n for n, buf, _ in calls), f"buffer rows {[c[1] for c in calls]}"
+    assert all(in_buffer for *_, in_buffer in calls), "a1 must be written into the (rows, H) buffer"
+
+
+@pytest.mark.parametrize("form", FORMS, ids=FORM_IDS)
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda c: "N{}-rows{}".format(*c))
+@pytest.mark.parametrize("probabilities", [False, True], ids=["logits", "probs"])
+def test_network_output_chunked_matches_twin(probabilities, chunking, form, monkeypatch):
+    N, rows = chunking
+    sigmoid_form, column_major_W2 = form
+    x, _, _, params = problem(N=N, H=6)
+    calls = _spy_chunks(monkeypatch)
+    layouts = []
+    monkeypatch.setattr(chunked, "column_major", lambda W2: layouts.append(W2) or W2.T.contiguous().T)
+    with Allocations() as allocations:
+        out = chunked.network_output_chunked(
+            x, *params, chunk_rows=rows, sigmoid_form=sigmoid_form, column_major_W2=column_major_W2,
+            probabilities=probabilities,
+        )  # fmt: skip
+    twin = reference.probs if probabilities else reference.logits
+    assert_close_relative(out, twin(x, *params), "output")
+    _assert_chunks(calls, N, rows)
+    assert_buffers(allocations.ops, 6, min(N, rows), 1)
+    assert len(layouts) == column_major_W2, "W2 in column-major layout exactly when asked"
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["logits", "probs"])
+def test_network_output_chunked_float32_sigmoid_form(probabilities):
+    x, _, _, params = problem(N=9, H=64, dtype=torch.float32, scale=3.0)
+    out = chunked.network_output_chunked(
+        x, *params, chunk_rows=4, sigmoid_form=True, column_major_W2=True, probabilities=probabilities
+    )
+    twin = reference.probs if probabilities else reference.logits
+    expected = twin(x.double(), *[p.double() for p in params])
+    assert out.dtype == torch.float32
+    assert_close_relative(out.double(), expected, "float32 output", rtol=2e-6)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5])
+def test_network_output_chunked_empty_batch(rows):
+    x, _, _, params = problem(N=0, H=6)
+    out = chunked.network_output_chunked(
+        x, *params, chunk_rows=rows, sigmoid_form=True, column_major_W2=False, probabilities=True
+    )
+    assert out.shape == (0, 4) and out.dtype == x.dtype
+
+
+def test_chunk_rows_zero_means_one_row_per_chunk(monkeypatch):
+    x, _, _, params = problem(N=3, H=6)
+    calls = _spy_chunks(monkeypatch)
+    out = chunked.network_output_chunked(
+        x, *params, chunk_rows=0, sigmoid_form=False, column_major_W2=False, probabilities=False
+    )
+    assert_close_relative(out, reference.logits(x, *params), "output")
+    assert [c[0] for c in calls] == [1, 1, 1]
+
+
+def _backward_twin(grad_z2, x, params, needs):
+    """The gradients native autograd gives for <logits, grad_z2>, None where not needed."""
+    leaves = [t.detach().clone().requires_grad_(n) for t, n in zip([x, *params], needs)]
+    if not any(needs):
+        return [None] * 5
+    out = reference.logits(*leaves)
+    wanted = [t for t in leaves if t.requires_grad]
+    grads = iter(torch.autograd.grad(out, wanted, grad_z2))
+    return [next(grads) if n else None for n in needs]
+
+
+@pytest.mark.parametrize("needs", NEEDS, ids=NEED_IDS)
+@pytest.mark.parametrize("sigmoid_form", [False, True], ids=["tanh", "sigmoid"])
+@pytest.mark.parametrize("chunking", [(7, 3), (7, 100)], ids=["N7-rows3", "N7-rows100"])
+def test_backward_from_logits_chunked_matches_twin(chunking, sigmoid_form, needs, monkeypatch):
+    N, rows = chunking
+    x, _, _, params = problem(N=N, H=6)
+    grad_z2 = torch.randn(N, 4, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    calls = _spy_chunks(monkeypatch)
+    W1, b1, W2, _ = params
+    with Allocations() as allocations:
+        grads = chunked.backward_from_logits_chunked(
+            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form
+        )
+    assert len(grads) == 5
+    for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
+        assert_close_relative(g, r, f"gradient of {name}")
+    if any(needs[:4]):
+        _assert_chunks(calls, N, rows)
+        assert_buffers(allocations.ops, 6, min(N, rows), 2 if any(needs[:3]) else 1)
+    else:
+        assert calls == [], "only db2 asked: no chunk pass"
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda c: "N{}-rows{}".format(*c))
+@pytest.mark.parametrize("sigmoid_form", [False, True], ids=["tanh", "sigmoid"])
+def test_backward_from_logits_chunked_every_gradient(chunking, sigmoid_form, monkeypatch):
+    N, rows = chunking
+    x, _, _, params = problem(N=N, H=6, scale=2.0)
+    grad_z2 = torch.randn(N, 4, generator=torch.Generator().manual_seed(4), dtype=x.dtype)
+    calls = _spy_chunks(monkeypatch)
+    W1, b1, W2, _ = params
+    needs = (True,) * 5
+    with Allocations() as allocations:
+        grads = chunked.backward_from_logits_chunked(
+            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form
+        )
+    for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
+        assert_close_relative(g, r, f"gradient of {name}")
+    _assert_chunks(calls, N, rows)
+    assert_buffers(allocations.ops, 6, min(N, rows), 2)
+
+
+@pytest.mark.parametrize("needs", [(True,) * 5, (False, False, False, False, True), (True, False, True, False, False)])
+def test_backward_from_logits_chunked_empty_batch(needs):
+    x, _, _, params = problem(N=0, H=6)
+    W1, b1, W2, b2 = params
+    grads = chunked.backward_from_logits_chunked(
+        x.new_zeros(0, 4), x, W1, b1, W2, needs, chunk_rows=3, sigmoid_form=True
+    )
+    for name, g, t, n in zip(["x", "W1", "b1", "W2", "b2"], grads, [x, W1, b1, W2, b2], needs):
+        if not n:
+            assert g is None, f"gradient of {name} not asked for"
+        else:
+            assert g.shape == t.shape and g.dtype == t.dtype and (g == 0).all(), f"gradient of {name}"
+
+
+def test_backward_from_logits_chunked_float32_sigmoid_form():
+    x, _, _, params = problem(N=9, H=64, dtype=torch.float32, scale=3.0)
+    grad_z2 = torch.randn(9, 4, generator=torch.Generator().manual_seed(5))
+    W1, b1, W2, _ = params
+    grads = chunked.backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, chunk_rows=4, sigmoid_form=True)
+    ref = _backward_twin(grad_z2.double(), x.double(), [p.double() for p in params], (True,) * 5)
+    for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, ref):
+        assert g.dtype == torch.float32
+        assert_close_relative(g.double(), r, f"float32 gradient of {name}", rtol=1e-5)
+
+
+# ---- the wiring (autograd.py) with the chunking thresholds of modes.py lowered ----------------------
+
+
+@pytest.mark.parametrize("entry", ["probs", "logits"])
+@pytest.mark.parametrize("N, H", [(7, 5), (40, 120)], ids=["tanh", "sigmoid-form"])
+@pytest.mark.parametrize("needs", [(True,) * 5, (False, True, False, True, False), (True, False, True, False, True)])
+def test_functional_chunked_path_matches_twin(entry, N, H, needs, monkeypatch):
+    monkeypatch.setattr(modes, "CHUNKED_NETWORK_MIN_ROWS", 4)
+    monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS", 3)
+    calls = _spy_chunks(monkeypatch)
+    x, _, _, params = problem(N=N, H=H)
+    manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
+    twin = reference.probs if entry == "probs" else reference.logits
+    assert_matches_twin(manual, twin, [x, *params], list(needs))
+    assert len(calls) == 2 * math.ceil(N / 3), "forward and backward by chunks of 3 rows"

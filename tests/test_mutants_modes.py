@@ -1,0 +1,167 @@
+"""modes.py's questions answered directly, and the cached input checks of functional._prepare.
+
+Each size-tuned choice of eager mode at its threshold, on the CPU and elsewhere (the meta device and
+a CUDA torch.device need no GPU), in each dtype, and under each kind of tracing: torch.func, make_fx
+(real and symbolic), forward AD, a pretended compilation. Then the input checks that functional caches
+per metadata: a call that differs from an accepted one in any tensor is checked again.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from planted.twins import assert_close_relative, problem
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from manualgrad import autograd, functional, modes, reference
+
+
+def _under(kind, question):
+    """question() asked inside torch.func.vmap, make_fx (real or symbolic) or forward AD."""
+    seen = []
+    x = torch.zeros(3, 2)
+    if kind == "vmap":
+        torch.func.vmap(lambda r: seen.append(question(r.expand(3, 2))) or r)(x)
+    elif kind.startswith("make_fx"):
+        make_fx(lambda t: seen.append(question(t)) or t * 1, tracing_mode=kind[8:])(x)
+    else:
+        with fwAD.dual_level():
+            seen.append(question(fwAD.make_dual(x, torch.ones_like(x))))
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["vmap", "make_fx-real", "make_fx-symbolic"])
+def test_tracing_is_seen_under_every_transform(kind):
+    assert _under(kind, modes.tracing) == [True]
+    assert _under(kind, lambda t: modes.tracing()) == [True]
+    assert not modes.tracing(torch.zeros(3, 2)) and not modes.tracing()
+
+
+def test_tracing_and_differentiated_while_compiling(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert modes.tracing() and modes.tracing(torch.zeros(1, 2))
+    with torch.no_grad():
+        assert not modes.backward_is_differentiated(), "compiled backward: the graph decides, not this query"
+
+
+def test_backward_is_differentiated():
+    assert modes.backward_is_differentiated()  # grad enabled
+    with torch.no_grad():
+        assert not modes.backward_is_differentiated()
+        assert _under("forward-ad", lambda t: modes.backward_is_differentiated()) == [True]
+        assert _under("vmap", lambda t: modes.backward_is_differentiated()) == [True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_sigmoid_tanh_pays_from_its_threshold_on_cpu_floats(dtype):
+    limit = modes.SIGMOID_TANH_MIN_ELEMENTS
+    x = torch.zeros(64, 3, dtype=dtype)
+    expected = dtype in (torch.float32, torch.float64)
+    assert modes.sigmoid_tanh_pays(x, limit // 64) is expected
+    assert modes.sigmoid_tanh_pays(x, limit // 64 - 1) is False
+    assert modes.sigmoid_tanh_pays(torch.zeros(64, 3, dtype=dtype, device="meta"), limit) is False
+    assert _under("vmap", lambda t: modes.sigmoid_tanh_pays(t, limit)) == [False]
+
+
+def test_column_major_pays_from_its_threshold_on_the_cpu():
+    rows = modes.COLUMN_MAJOR_MIN_ROWS
+    W2 = torch.zeros(5, 2)
+    assert modes.column_major_pays(W2, rows) and not modes.column_major_pays(W2, rows - 1)
+    assert not modes.column_major_pays(W2.to("meta"), rows * 4)
+    assert not modes.column_major_pays(W2, torch.tensor(rows * 4)), "rows not an int (symbolic): no"
+    assert _under("vmap", lambda t: modes.column_major_pays(W2, rows)) == [False]
+
+
+def test_autocast_enabled_only_inside_autocast():
+    assert not modes.autocast_enabled("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert modes.autocast_enabled("cpu")
+
+
+def test_input_of_another_dtype_is_refused_outside_autocast():
+    x, _, _, params = problem(N=4, H=5, dtype=torch.float32)
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64"):
+        functional.two_layer_net(x.double(), *params)
+
+
+@pytest.fixture()
+def _fresh_check_cache():
+    functional._checked.clear()
+    yield
+    functional._checked.clear()
+
+
+@pytest.mark.usefixtures("_fresh_check_cache")
+@pytest.mark.parametrize("changed", [0, 1, 2, 3, 4], ids=["x", "W1", "b1", "W2", "b2"])
+def test_prepare_checks_again_when_any_tensor_differs(changed):
+    x, _, _, params = problem(N=4, H=5)
+    tensors = [x, *params]
+    functional.two_layer_net(*tensors)
+    other = [t.float() if i == changed else t for i, t in enumerate(tensors)]
+    with pytest.raises(TypeError, match=r"dtype"):
+        functional.two_layer_net(*other)
+
+
+@pytest.mark.usefixtures("_fresh_check_cache")
+def test_prepare_names_x_and_checks_the_first_call():
+    x, _, _, params = problem(N=4, H=5)
+    with pytest.raises(TypeError, match=r"^x must be a torch.Tensor"):
+        functional.two_layer_net([[0.0, 1.0, 2.0]], *params)
+    with pytest.raises(ValueError, match=r"x must have"):
+        functional.two_layer_net(x[:, :2], *params)
+
+
+def test_precomputed_loss_form_and_layout(monkeypatch):
+    calls = []
+    original = autograd.loss_and_gradients
+    monkeypatch.setattr(autograd, "loss_and_gradients", lambda *a, **k: calls.append(k) or original(*a, **k))
+    x, indices, _, params = problem(N=40, H=120)
+    leaves = [p.clone().requires_grad_() for p in params]
+    with functional.loss_gradients_in_forward(True, chunk_rows=30):
+        loss = functional.two_layer_net_loss(x, indices, *leaves)
+    assert_close_relative(loss.detach(), reference.loss(x, indices, *params), "loss")
+    assert calls == [dict(chunk_rows=30, sigmoid_form=True, column_major_W2=True)]
+    calls.clear()
+    with functional.loss_gradients_in_forward(True, chunk_rows=10):
+        functional.two_layer_net_loss(x[:36], indices[:36], *leaves)
+    assert calls == [dict(chunk_rows=10, sigmoid_form=True, column_major_W2=False)], "10-row chunks: row-major"
+
+
+@pytest.mark.parametrize("in_forward", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_no_classes_gives_cross_entropys_values(in_forward, reduction):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    W1, b1 = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    W2, b2 = torch.zeros(5, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    target = torch.zeros(4, 0, dtype=torch.float64)
+    with functional.loss_gradients_in_forward(in_forward):
+        loss = functional.two_layer_net_loss(x, target, W1.requires_grad_(), b1, W2, b2, reduction=reduction)
+    expected = reference.loss(x, target, W1, b1, W2, b2, reduction=reduction)
+    torch.testing.assert_close(loss.detach(), expected.detach(), equal_nan=True)
+
+
+def test_a_symbolic_batch_size_takes_the_one_path():
+    """An x whose N is a SymInt (a fake tensor with a dynamic first dimension, outside any tracing mode)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    dynamic = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    x = FakeTensorMode(shape_env=ShapeEnv()).from_tensor(torch.zeros(4096, 2), symbolic_context=dynamic)
+    assert type(x.shape[0]) is torch.SymInt and modes.tracing(x)
+    assert modes.sigmoid_tanh_pays(x, 500) is False
+    assert modes.network_in_chunks(x) is False
+    params = [torch.zeros(2, 5, requires_grad=True)]
+    assert modes.gradients_in_forward(x, torch.zeros(4096, dtype=torch.long), params, "mean") is None
+
+
+@pytest.mark.usefixtures("_fresh_check_cache")
+@pytest.mark.parametrize("changed", [0, 2, 3, 4, 5], ids=["x", "W1", "b1", "W2", "b2"])
+def test_prepare_loss_checks_again_when_any_tensor_differs(changed):
+    x, indices, _, params = problem(N=4, H=5)
+    tensors = [x, indices, *params]
+    functional.two_layer_net_loss(*tensors)
+    other = [t.float() if i == changed else t for i, t in enumerate(tensors)]
+    with pytest.raises(TypeError, match=r"dtype"):
+        functional.two_layer_net_loss(*other)
