@@ -163,7 +163,7 @@ class LogitsFunctionNoJvp(Function):
             a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
         return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)
 
-    backward = staticmethod(in_parameter_precision(backward.__func__))
+    backward = staticmethod(in_parameter_precision(backward.__func__))  # type: ignore[attr-defined]
 
 
 class LogitsFunction(LogitsFunctionNoJvp):
@@ -177,7 +177,7 @@ class LogitsFunction(LogitsFunctionNoJvp):
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
         return tz2, None
 
-    jvp = staticmethod(in_parameter_precision(jvp.__func__))
+    jvp = staticmethod(in_parameter_precision(jvp.__func__))  # type: ignore[attr-defined]
 
 
 class ProbsFunctionNoJvp(Function):
@@ -216,7 +216,7 @@ class ProbsFunctionNoJvp(Function):
         grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)
         return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)
 
-    backward = staticmethod(in_parameter_precision(backward.__func__))
+    backward = staticmethod(in_parameter_precision(backward.__func__))  # type: ignore[attr-defined]
 
 
 class ProbsFunction(ProbsFunctionNoJvp):
@@ -230,7 +230,7 @@ class ProbsFunction(ProbsFunctionNoJvp):
         tz2 = logits_tangent(x, W1, W2, a1, tx, tW1, tb1, tW2, tb2)  # (N, C)
         return (None if tz2 is None else softmax_jvp(tz2, y_hat)), None
 
-    jvp = staticmethod(in_parameter_precision(jvp.__func__))
+    jvp = staticmethod(in_parameter_precision(jvp.__func__))  # type: ignore[attr-defined]
 
 
 class LossFunctionNoJvp(Function):
@@ -301,7 +301,7 @@ class LossFunctionNoJvp(Function):
         grad_target = loss_grad_target(log_probs, ctx.reduction, grad_loss) if needs[1] else None
         return grads[0], grad_target, *grads[1:], None, None
 
-    backward = staticmethod(in_parameter_precision(backward.__func__))
+    backward = staticmethod(in_parameter_precision(backward.__func__))  # type: ignore[attr-defined]
 
 
 class LossFunction(LossFunctionNoJvp):
@@ -326,7 +326,7 @@ class LossFunction(LossFunctionNoJvp):
             tloss = reduce_loss(tloss, ctx.reduction, W2.shape[1])
         return (tloss,) + (None,) * ctx.num_residuals
 
-    jvp = staticmethod(in_parameter_precision(jvp.__func__))
+    jvp = staticmethod(in_parameter_precision(jvp.__func__))  # type: ignore[attr-defined]
 
 
 def _finite(grad_loss: Tensor) -> bool:

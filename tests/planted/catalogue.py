@@ -64,7 +64,8 @@ LOGITS_RECOMPUTE = (
 )
 LOGITS_RETURN = (
     "        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)"
-    "\n\n    backward = staticmethod(in_parameter_precision(backward.__func__))\n\n\nclass LogitsFunction("
+    "\n\n    backward = staticmethod(in_parameter_precision(backward.__func__))  # type: ignore[attr-defined]"
+    "\n\n\nclass LogitsFunction("
 )
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
 TEXTBOOK, VALIDATION = "manualgrad/textbook.py", "manualgrad/validation.py"
