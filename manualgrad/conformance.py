@@ -5,8 +5,9 @@ Everything that applies to any custom Function (double backward, forward AD, vma
 export, autocast against the twin, memory, CUDA) runs in :mod:`manualgrad.testing`. Here:
 
 * ``autocast_policy``: under autocast manualgrad computes in the parameters' dtype, so its
-  output and gradients equal the native-autograd twin computed in float32, to float32 tolerance
-  (a backward left in bfloat16 fails);
+  output and gradients equal the native-autograd twin computed in float32, to float32 tolerance,
+  with ``backward()`` called outside the autocast region and inside it (a backward left in
+  bfloat16 fails);
 * ``module_contracts``: state_dict, deepcopy, torch.save/load, .to(), .double(), optimizers,
   gradient accumulation, no_grad and inference_mode;
 * ``ddp``: DistributedDataParallel (gloo, 2 processes) against the twin's gradients on the
@@ -85,21 +86,29 @@ def check_autocast_policy(path: str, device: str) -> None:
     weights = torch.randn(16, 3, device=device)
 
     def run(
-        forward: Callable[[TwoLayerNet, str, Tensor, Tensor], Tensor], autocast_dtype: torch.dtype | None
+        forward: Callable[[TwoLayerNet, str, Tensor, Tensor], Tensor],
+        autocast_dtype: torch.dtype | None,
+        backward_inside: bool = False,
     ) -> tuple[Tensor, list[Tensor]]:
         model.zero_grad()
         with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = forward(model, path, x, target)
-        (out if path == "loss" else (out.float() * weights).sum()).backward()
+            objective = out if path == "loss" else (out.float() * weights).sum()
+            if backward_inside:  # the backward then runs with autocast on: it must compute in float32 all the same
+                objective.backward()
+        if not backward_inside:
+            objective.backward()
         return out.detach(), parameter_grads(model)
 
     twin_out, twin_grads = run(twin_path, None)
     for dtype in [torch.bfloat16] if device == "cpu" else [torch.float16, torch.bfloat16]:
-        out, grads = run(run_path, dtype)
-        if out.dtype != torch.float32:
-            raise AssertionError(f"output is {out.dtype} under autocast {dtype}, the policy says float32")
-        assert_all_close(out, twin_out, f"output under autocast {dtype} vs the twin in float32", 1e-5, 1e-6)
-        assert_all_close(grads, twin_grads, f"gradients under autocast {dtype} vs the twin in float32", 1e-5, 1e-6)
+        for backward_inside in (False, True):
+            where = f"autocast {dtype}, backward {'inside' if backward_inside else 'outside'} it"
+            out, grads = run(run_path, dtype, backward_inside)
+            if out.dtype != torch.float32:
+                raise AssertionError(f"output is {out.dtype} under autocast {dtype}, the policy says float32")
+            assert_all_close(out, twin_out, f"output under {where} vs the twin in float32", 1e-5, 1e-6)
+            assert_all_close(grads, twin_grads, f"gradients under {where} vs the twin in float32", 1e-5, 1e-6)
 
 
 def run_path(model: TwoLayerNet, path: str, x: Tensor, target: Tensor) -> Tensor:
