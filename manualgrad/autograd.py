@@ -8,7 +8,8 @@ arguments. How each mode of PyTorch is served:
 * the loss in eager mode, from ``modes.PRECOMPUTE_MIN_ROWS`` rows, computes the parameter gradients
   during the forward, in chunks of rows, when they will be needed (the loss is a scalar, so
   its upstream gradient is only a scale) and saves only parameter-sized tensors; the chunks
-  reuse two (chunk, H) buffers. Smaller batches save a1 and log y_hat, as probs and logits do;
+  reuse two (chunk, H) buffers. Smaller batches, in plain eager mode, are served by the lean
+  Functions of ``eager.py``; elsewhere they save a1 and log y_hat, as probs and logits do;
 * double backward (``create_graph=True``), ``torch.func`` transforms and forward-over-reverse:
   the backward recomputes a1 and y_hat from the saved inputs with differentiable ops, so the
   same formulas are differentiated correctly (pytorch issue 58509);
@@ -107,7 +108,7 @@ def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated) -> 
     """
     if differentiated:
         return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=False)
-    if a1 is None and _batched(grad_z2):  # vmap over the backward (batched gradcheck): no out= kernels there
+    if a1 is None and modes.is_batched(grad_z2):  # vmap over the backward (batched gradcheck): no out= kernels there
         a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
     if a1 is None:
         return backward_from_logits_chunked(
@@ -123,10 +124,34 @@ def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated) -> 
     return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True)
 
 
-def _batched(grad: Tensor) -> bool:
-    """Whether an upstream gradient is vmap-batched (gradcheck's batched-grad check) or a wrapper tensor."""
-    functorch = torch._C._functorch
-    return type(grad) is not Tensor or functorch.is_legacy_batchedtensor(grad) or functorch.is_batchedtensor(grad)
+def network_backward(grad_out, x, W1, b1, W2, a1, needs, *, b2=None, y_hat=None) -> tuple[Tensor | None, ...]:
+    """Gradients (dx, dW1, db1, dW2, db2) from the upstream gradient of z2, or of y_hat when ``y_hat``
+    is given, eq. (6), (10)-(18). A recorded backward (double backward, torch.func) recomputes a1
+    and y_hat from the inputs with differentiable ops, so that its formulas are differentiated
+    correctly (pytorch issue 58509). Also the general backward of ``eager.py``'s Functions."""
+    differentiated = backward_is_differentiated()
+    if differentiated:
+        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
+        if y_hat is not None:
+            y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4), recorded
+    grad_z2 = grad_out if y_hat is None else softmax_vjp(grad_out, y_hat)  # (N, C)  eq. (6)
+    return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated)
+
+
+def loss_backward(x, target, W1, b1, W2, b2, reduction, grad_loss, needs, residuals=None) -> tuple[Tensor | None, ...]:
+    """Gradients (dx, dtarget, dW1, db1, dW2, db2) of the loss, eq. (7)-(18), from the residuals
+    (a1, log y_hat) when given, else recomputed from the inputs (recorded when the backward is
+    differentiated). Also the general backward of ``eager.py``'s loss Function."""
+    differentiated = backward_is_differentiated()
+    if residuals is None or differentiated:
+        a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not differentiated)
+    else:
+        a1, log_probs = residuals
+    in_place = not differentiated
+    grad_z2 = loss_grad_logits(log_probs, target, reduction, grad_loss, in_place=in_place)  # (N, C)  eq. (7)
+    grads = backward_from_logits(grad_z2, x, W1, W2, a1, (needs[0], *needs[2:6]), in_place=in_place)
+    grad_target = loss_grad_target(log_probs, reduction, grad_loss) if needs[1] else None
+    return grads[0], grad_target, *grads[1:]
 
 
 class LogitsFunctionNoJvp(Function):
@@ -158,10 +183,7 @@ class LogitsFunctionNoJvp(Function):
         x, W1, b1, W2, b2, a1 = ctx.saved_tensors
         if grad_z2 is None:
             return None, None, None, None, None
-        differentiated = backward_is_differentiated()
-        if differentiated:
-            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
-        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)
+        return network_backward(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad)
 
     backward = staticmethod(in_parameter_precision(backward.__func__))  # type: ignore[attr-defined]
 
@@ -209,12 +231,7 @@ class ProbsFunctionNoJvp(Function):
         x, W1, b1, W2, b2, a1, y_hat = ctx.saved_tensors
         if grad_y_hat is None:
             return None, None, None, None, None
-        differentiated = backward_is_differentiated()
-        if differentiated:
-            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded
-            y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4), recorded
-        grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)
-        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)
+        return network_backward(grad_y_hat, x, W1, b1, W2, a1, ctx.needs_input_grad, b2=b2, y_hat=y_hat)
 
     backward = staticmethod(in_parameter_precision(backward.__func__))  # type: ignore[attr-defined]
 
@@ -284,22 +301,14 @@ class LossFunctionNoJvp(Function):
         if grad_loss is None:
             return (None,) * 8
         needs = ctx.needs_input_grad
-        param_needs = (needs[0], *needs[2:6])
-        differentiated = backward_is_differentiated()
-        if ctx.precomputed and not differentiated and _finite(grad_loss):
+        if ctx.precomputed and not backward_is_differentiated() and _finite(grad_loss):
             N = x.shape[0]
             scale = grad_loss * (1.0 / N) if ctx.reduction == "mean" and N > 0 else grad_loss  # ()  dL/dL_sum
+            param_needs = (needs[0], *needs[2:6])
             scaled = [None if g is None or not n else g * scale for g, n in zip(residuals, param_needs)]
             return scaled[0], None, *scaled[1:], None, None
-        if ctx.precomputed or differentiated:  # recorded when differentiated
-            a1, log_probs = _loss_forward(x, W1, b1, W2, b2, in_place=not differentiated)
-        else:
-            a1, log_probs = residuals
-        in_place = not differentiated
-        grad_z2 = loss_grad_logits(log_probs, target, ctx.reduction, grad_loss, in_place=in_place)  # (N, C)  eq. (7)
-        grads = backward_from_logits(grad_z2, x, W1, W2, a1, param_needs, in_place=in_place)
-        grad_target = loss_grad_target(log_probs, ctx.reduction, grad_loss) if needs[1] else None
-        return grads[0], grad_target, *grads[1:], None, None
+        saved = None if ctx.precomputed else residuals  # else recomputed
+        return (*loss_backward(x, target, W1, b1, W2, b2, ctx.reduction, grad_loss, needs, saved), None, None)
 
     backward = staticmethod(in_parameter_precision(backward.__func__))  # type: ignore[attr-defined]
 

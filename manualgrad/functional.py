@@ -26,12 +26,14 @@ Backward (delta2 = dL/dz2, delta1 = dL/dz1; g an upstream gradient)::
 
 Three entry points, each backed by its own ``torch.autograd.Function`` (``autograd.py``):
 :func:`two_layer_net` (probabilities), :func:`two_layer_net_logits` (z2) and
-:func:`two_layer_net_loss` (cross-entropy, whose backward is the fused eq. (7)).
+:func:`two_layer_net_loss` (cross-entropy, whose backward is the fused eq. (7)). In plain eager
+mode at small batches, lean Functions with the same formulas serve them (``eager.py``).
 
 Layers, dependencies one way: this file (public entry points, boundary checks through
-``validation.py``) -> ``autograd.py`` (the Functions: backward, jvp, vmap, compile variants)
--> ``kernels.py`` (pure tensor functions); ``modes.py`` answers which mode PyTorch is in
-and holds the precision policy. ``textbook.py`` is the same mathematics without speed tricks.
+``validation.py``) -> ``eager.py`` (lean Functions of plain eager mode) -> ``autograd.py``
+(the Functions: backward, jvp, vmap, compile variants) -> ``kernels.py`` (pure tensor
+functions); ``modes.py`` answers which mode PyTorch is in and holds the precision policy.
+``textbook.py`` is the same mathematics without speed tricks.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from . import kernels, modes, validation
+from . import eager, kernels, modes, validation
 from .autograd import (
     LogitsFunction,
     LogitsFunctionNoJvp,
@@ -118,8 +120,10 @@ def _check_network(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, au
     return validation.check_input(x, W1, autocast=autocast)
 
 
-def _prepare(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, bool]:
-    autocast = _autocast(x)
+def _prepare(
+    x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool | None = None
+) -> tuple[Tensor, bool]:
+    autocast = _autocast(x) if autocast is None else autocast
     key = _metadata(x, W1, b1, W2, b2)
     key = None if key is None else (*key, autocast)
     if _seen(key):
@@ -130,12 +134,12 @@ def _prepare(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple
 
 
 def _prepare_loss(
-    x: object, target: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor
+    x: object, target: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool | None = None
 ) -> tuple[Tensor, Tensor, bool]:
     """The network's checks and ``validation.check_target`` (metadata only), as one cached decision.
 
     The class range needs the values: the caller checks it on every call."""
-    autocast = _autocast(x)
+    autocast = _autocast(x) if autocast is None else autocast
     key = _metadata(x, target, W1, b1, W2, b2)
     key = None if key is None else (*key, "loss", autocast)
     if _seen(key):
@@ -144,6 +148,51 @@ def _prepare_loss(
     target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
     _remember(key)
     return x, target, autocast
+
+
+def _lean(x: object, below_rows: int) -> bool:
+    """Whether the lean Functions of ``eager.py`` may serve this call: plain eager mode, autocast off,
+    a plain tensor x (N, D) of 1 to ``below_rows - 1`` rows (from there the chunked paths pay)."""
+    if type(x) is not Tensor or not modes.plain_eager(x) or torch.is_autocast_enabled(modes.device_type(x)):
+        return False
+    return x.dim() == 2 and 0 < x.shape[0] < below_rows
+
+
+def _lean_network(function: type[Function], x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor | None:
+    """The network's output through a lean Function of ``eager.py``, or None where those do not serve."""
+    if not _lean(x, modes.CHUNKED_NETWORK_MIN_ROWS):
+        return None
+    _prepare(x, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
+    return eager.apply(function, x, W1, b1, W2, b2)
+
+
+_SCALAR_REDUCTIONS = ("mean", "sum")
+
+
+def _lean_loss(
+    x: object,
+    target: object,
+    W1: Tensor,
+    b1: Tensor,
+    W2: Tensor,
+    b2: Tensor,
+    reduction: object,
+    options: tuple[object, object, object],
+) -> Tensor | None:
+    """The loss through ``eager.py``'s lean Function, or None where it does not serve: it takes the
+    default options, a scalar reduction and CPU class indices every row of which counts (read here,
+    which also checks their range), under the default loss strategy."""
+    weight, ignore_index, label_smoothing = options
+    defaults = type(ignore_index) is int and ignore_index == -100 and type(label_smoothing) in (int, float)
+    if not (defaults and weight is None and label_smoothing == 0 and reduction in _SCALAR_REDUCTIONS):
+        return None  # look-alikes of the defaults (-100.0, a tensor 0) are refused by the general path
+    if type(target) is not Tensor or not _lean(x, modes.PRECOMPUTE_MIN_ROWS) or not modes.default_loss_strategy():
+        return None
+    x, target, _ = _prepare_loss(x, target, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
+    if not x.is_cpu or target.is_floating_point() or not validation.check_class_indices(target, W2.shape[1], -100):
+        return None
+    precompute = eager.gradients_wanted(x, W1, b1, W2, b2)
+    return eager.apply(eager.EagerLossFunction, x, target.long(), W1, b1, W2, b2, reduction, precompute)
 
 
 def _apply_network(
@@ -185,6 +234,9 @@ def two_layer_net(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> 
         >>> y_hat.shape, bool(torch.allclose(y_hat.sum(1), torch.ones(8)))
         (torch.Size([8, 3]), True)
     """
+    lean = _lean_network(eager.EagerProbsFunction, x, W1, b1, W2, b2)
+    if lean is not None:
+        return lean
     x, autocast = _prepare(x, W1, b1, W2, b2)
     return _apply_network(_pick(ProbsFunction, ProbsFunctionNoJvp), x, W1, b1, W2, b2, autocast)
 
@@ -215,6 +267,9 @@ def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tens
         >>> F.nll_loss(F.log_softmax(z2, 1), torch.randint(0, 3, (8,))).shape
         torch.Size([])
     """
+    lean = _lean_network(eager.EagerLogitsFunction, x, W1, b1, W2, b2)
+    if lean is not None:
+        return lean
     x, autocast = _prepare(x, W1, b1, W2, b2)
     return _apply_network(_pick(LogitsFunction, LogitsFunctionNoJvp), x, W1, b1, W2, b2, autocast)
 
@@ -237,8 +292,10 @@ def two_layer_net_loss(
     Takes ``F.cross_entropy``'s arguments and gives its values and gradients. Its backward is
     the fused eq. (7): dL/dz2 = (y_hat - y) / N for "mean"; with ``weight``, ``ignore_index`` or
     ``label_smoothing``, the target becomes an effective target q and dL/dz2 = (y_hat sum_c q - q) / d,
-    eq. (7') of docs/derivation.md. In eager mode, from ``modes.PRECOMPUTE_MIN_ROWS`` rows, the
-    gradients are computed during the forward, in chunks of rows (see :func:`loss_gradients_in_forward`).
+    eq. (7') of docs/derivation.md. In eager mode, when gradients will be asked for, they are
+    computed during the forward: from ``modes.PRECOMPUTE_MIN_ROWS`` rows in chunks of rows (see
+    :func:`loss_gradients_in_forward`), below in one piece by ``eager.py``'s lean Function (plain
+    eager, default options, class indices every row of which counts).
 
     Args:
         x: input, :math:`(N, D)` or one unbatched sample :math:`(D,)`, in the parameters' dtype
@@ -278,6 +335,9 @@ def two_layer_net_loss(
         >>> bool(torch.allclose(loss, F.cross_entropy(z2, target)))
         True
     """
+    lean = _lean_loss(x, target, W1, b1, W2, b2, reduction, (weight, ignore_index, label_smoothing))
+    if lean is not None:
+        return lean
     x, target, autocast = _prepare_loss(x, target, W1, b1, W2, b2)
     reduction = validation.check_reduction(reduction)
     check_values = x.is_cpu and not modes.tracing(x)  # else gather checks the range

@@ -163,6 +163,23 @@ def cross_entropy_of_log_probs(log_probs: Tensor, target: Tensor, reduction: str
     )
 
 
+_nll_loss_forward = torch.ops.aten.nll_loss_forward.default  # -> (loss, total weight)
+_nll_loss_backward = torch.ops.aten.nll_loss_backward.default
+
+
+def loss_and_grad_logits_fused(log_probs: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
+    """The loss, eq. (5), and delta2 = dL/dz2, eq. (7), ``reduction`` "mean" or "sum", for class
+    indices every row of which counts (the range checked), in three ops with PyTorch's nll_loss
+    and log_softmax backward kernels; written out, eq. (7) takes four. Never where autograd records."""
+    enum = _REDUCTION_ENUM[reduction]
+    loss, total_weight = _nll_loss_forward(log_probs, target, None, enum, _NO_LABEL)  # ()  eq. (5)
+    grad_log_probs = _nll_loss_backward(  # (N, C)  dL/dlog y_hat = -y / N ("mean") or -y ("sum")
+        torch.ones_like(loss), log_probs, target, None, enum, _NO_LABEL, total_weight
+    )
+    delta2 = torch._log_softmax_backward_data(grad_log_probs, log_probs, 1, log_probs.dtype)  # (N, C)  eq. (7)
+    return loss, delta2
+
+
 def mean_scale(N: int, num_classes: int = 1) -> float:
     """The 1/N of the mean; NaN for an empty batch or no classes, as F.cross_entropy's 0/0."""
     return 1.0 / N if N > 0 and num_classes > 0 else float("nan")
@@ -176,6 +193,11 @@ def mean_scale(N: int, num_classes: int = 1) -> float:
 def softmax_vjp(grad_y_hat: Tensor, y_hat: Tensor) -> Tensor:
     inner = (grad_y_hat * y_hat).sum(1, keepdim=True)  # (N, 1)  sum_c g y_hat
     return y_hat * (grad_y_hat - inner)  # (N, C)  eq. (6)
+
+
+def softmax_vjp_fused(grad_y_hat: Tensor, y_hat: Tensor) -> Tensor:
+    """:func:`softmax_vjp` as one op (PyTorch's softmax backward kernel); never where autograd records."""
+    return torch._softmax_backward_data(grad_y_hat, y_hat, 1, y_hat.dtype)  # (N, C)  eq. (6)
 
 
 def loss_grad_logits(
@@ -213,22 +235,34 @@ def loss_grad_target(log_probs: Tensor, reduction: str, grad_loss: Tensor) -> Te
 
 
 def backward_from_logits(
-    grad_z2: Tensor, x: Tensor, W1: Tensor, W2: Tensor, a1: Tensor, needs: Sequence[bool], *, in_place: bool = False
+    grad_z2: Tensor,
+    x: Tensor,
+    W1: Tensor,
+    W2: Tensor,
+    a1: Tensor,
+    needs: Sequence[bool],
+    *,
+    in_place: bool = False,
+    transposed_W2_product: bool = True,
 ) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2, for those ``needs`` asks.
 
-    ``in_place``: eq. (11) may overwrite dL/da1, a tensor made here (one op fewer).
+    ``in_place``: not recorded, so eq. (11) may run as one fused ``tanh_backward`` op.
+    ``transposed_W2_product``: eq. (14) as (delta2^T a1)^T, a faster BLAS kernel from a few dozen
+    rows; else a1^T delta2, in W2's own layout, which AccumulateGrad keeps without a copy.
     """
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
-    if need_W2:
+    if need_W2 and transposed_W2_product:
         grad_W2 = (grad_z2.t() @ a1).t()  # (H, C)  eq. (14), as (delta2^T a1)^T: a faster BLAS kernel
+    elif need_W2:
+        grad_W2 = a1.t() @ grad_z2  # (H, C)  eq. (14)
     if need_b2:
         grad_b2 = grad_z2.sum(0)  # (C,)  eq. (15)
     if need_x or need_W1 or need_b1:
         grad_a1 = grad_z2 @ W2.t()  # (N, H)  eq. (10)
         if in_place:
-            grad_z1 = grad_a1.addcmul_(grad_a1, a1 * a1, value=-1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
+            grad_z1 = _tanh_backward(grad_a1, a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2), one op
         else:
             grad_z1 = grad_a1 - grad_a1 * (a1 * a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
         if need_W1:
@@ -238,6 +272,9 @@ def backward_from_logits(
         if need_x:
             grad_x = grad_z1 @ W1.t()  # (N, D)  eq. (18)
     return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
+
+
+_tanh_backward = torch.ops.aten.tanh_backward.default  # (g, a) -> g * (1 - a^2), one pass
 
 
 def loss_and_gradients(

@@ -32,9 +32,10 @@ from torch import Tensor
 # kernel launch, fewer and larger chunks (not tuned).
 LOSS_CHUNK_ROWS = 1024
 LOSS_CHUNK_ROWS_ACCELERATOR = 16384
-# Fewer rows than this: the loss saves a1 and log y_hat and computes gradients in backward, as
-# the probs and logits paths do. Computing them in the forward pays for itself only when (N, H)
-# temporaries are large; at N=1 its extra Python ops cost about 60 us (CPU, H=500).
+# From this many rows the loss computes its gradients in the forward by row chunks, when they
+# will be needed. Fewer: in plain eager mode the lean loss of ``eager.py`` computes them in its
+# forward in one piece (the chunk loop costs about 60 us of Python at N=1, CPU, H=500); elsewhere
+# the loss saves a1 and log y_hat and computes them in backward, as the probs and logits paths do.
 PRECOMPUTE_MIN_ROWS = 256
 # tanh z1 = 2 sigmoid(2 z1) - 1 pays on the CPU from this many elements of z1 (N * H): the
 # 3 ns per element saved outweigh the two extra ops (a few microseconds).
@@ -42,7 +43,8 @@ SIGMOID_TANH_MIN_ELEMENTS = 4096
 # a1 W2 with W2 in column-major layout pays on the CPU from this many rows of a1.
 COLUMN_MAJOR_MIN_ROWS = 16
 # Probs and logits in eager mode, from this many rows: forward and backward by row chunks
-# (``chunked.py``), a1 recomputed in backward instead of saved. Below, a1 is saved: one pass fewer.
+# (``chunked.py``), a1 recomputed in backward instead of saved. Below, a1 is saved: one pass fewer
+# (in plain eager mode by the lean Functions of ``eager.py``).
 CHUNKED_NETWORK_MIN_ROWS = 1024
 # Rows per chunk of those kernels: the (rows, H) buffers stay in cache on the CPU.
 NETWORK_CHUNK_ROWS = 1024
@@ -82,6 +84,25 @@ def tracing(x: Tensor | None = None) -> bool:
     return torch._C._get_dispatch_mode(modes.PROXY) is not None or torch._C._get_dispatch_mode(modes.FAKE) is not None
 
 
+def plain_eager(x: Tensor) -> bool:
+    """True in plain eager mode for a CPU or CUDA x, autocast aside: no compile, export, make_fx,
+    ``torch.func`` transform, forward-mode AD level or dispatch mode (fake tensors, FlopCounterMode
+    and any other ``TorchDispatchMode``). There the lean Functions of ``eager.py`` may serve."""
+    return (
+        not torch.compiler.is_compiling()
+        and (x.is_cpu or x.is_cuda)
+        and not torch._C._are_functorch_transforms_active()
+        and forward_ad._current_level < 0
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
+
+
+def is_batched(grad: Tensor) -> bool:
+    """Whether an upstream gradient is vmap-batched (gradcheck's batched-grad check) or a wrapper tensor."""
+    functorch = torch._C._functorch
+    return type(grad) is not Tensor or functorch.is_legacy_batchedtensor(grad) or functorch.is_batchedtensor(grad)
+
+
 # ----------------------------------------------------------------------------------------
 # Size-tuned paths of eager mode
 # ----------------------------------------------------------------------------------------
@@ -96,6 +117,11 @@ def sigmoid_tanh_pays(x: Tensor, hidden: int) -> bool:
     """Whether eq. (2) is evaluated as tanh z1 = 2 sigmoid(2 z1) - 1 for this x (N, D); eager only."""
     if tracing(x):  # first: under Dynamo, comparing N would be a guard
         return False
+    return sigmoid_tanh_pays_eager(x, hidden)
+
+
+def sigmoid_tanh_pays_eager(x: Tensor, hidden: int) -> bool:
+    """:func:`sigmoid_tanh_pays` for a caller that knows it runs in plain eager mode."""
     cpu_float = x.is_cpu and x.dtype in (torch.float32, torch.float64)
     return cpu_float and x.shape[0] * hidden >= SIGMOID_TANH_MIN_ELEMENTS
 
@@ -104,6 +130,11 @@ def column_major_pays(W2: Tensor, rows: int) -> bool:
     """Whether a1 (rows, H) W2 runs with W2 in column-major layout; eager only."""
     if type(rows) is not int or tracing():
         return False
+    return column_major_pays_eager(W2, rows)
+
+
+def column_major_pays_eager(W2: Tensor, rows: int) -> bool:
+    """:func:`column_major_pays` for a caller that knows it runs in plain eager mode."""
     return W2.is_cpu and rows >= COLUMN_MAJOR_MIN_ROWS
 
 
@@ -143,6 +174,11 @@ def gradients_in_forward(
         return None
     mask = (x.requires_grad, *(p.requires_grad for p in params))
     return mask if any(mask) else None
+
+
+def default_loss_strategy() -> bool:
+    """Whether the calling thread runs the default loss strategy (no ``loss_gradients_in_forward``)."""
+    return _loss_strategy.get() is _DEFAULT_STRATEGY
 
 
 def loss_strategy() -> LossStrategy:

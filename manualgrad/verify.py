@@ -49,10 +49,14 @@ MECHANISM_CHECKS = (
 
 def every_path(problem: Problem, device: str, dtype: torch.dtype) -> list[tuple[str, Case]]:
     """probs, logits, the loss (class indices; probability targets requiring grad) for every
-    reduction, and the unbatched form of each."""
+    reduction, the scalar losses of class indices also with their gradients in backward, and the
+    unbatched form of each."""
     cases = [(path, network_case(path, problem, device, dtype)) for path in ("probs", "logits")]
     for reduction in REDUCTIONS:
         cases.append((f"loss {reduction}", loss_case(problem, device, dtype, reduction)))
+        if reduction != "none":  # the default is eager.py's lean loss at small N: the general one too
+            in_backward = loss_case(problem, device, dtype, reduction, in_forward=False)
+            cases.append((f"loss {reduction} in backward", in_backward))
         cases.append((f"soft {reduction}", loss_case(problem, device, dtype, reduction, soft=True, target_grad=True)))
     one = problem.row(0)
     cases += [(f"{path} unbatched", network_case(path, one, device, dtype)) for path in ("probs", "logits")]

@@ -11,7 +11,7 @@ import torch
 from conftest import DEVICES, DTYPES, assert_matches_twin, make_problem, value_and_grads
 
 import manualgrad
-from manualgrad import TwoLayerNet, autograd, functional, reference, verify
+from manualgrad import TwoLayerNet, autograd, eager, functional, reference, verify
 
 REDUCTIONS = ["mean", "sum", "none"]
 SIZES = [(1, 2, 1, 2), (16, 2, 32, 2), (33, 3, 7, 5)]  # (N, D, H, C)
@@ -103,6 +103,12 @@ def test_gradcheck_float64(device, case, soft):
 # ---------------------------------------------------------------------------------------
 
 
+def _patch_everywhere(monkeypatch, name, replacement):
+    """Replace a kernel in both layers that call it: the general Functions and the lean eager ones."""
+    for module in (autograd, eager):
+        monkeypatch.setattr(module, name, replacement)
+
+
 def _broken(original, fault):
     def broken_backward(grad_z2, x, W1, W2, a1, needs, **flags):
         grads = list(original(grad_z2, x, W1, W2, a1, needs, **flags))
@@ -121,7 +127,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_negative_control_broken_backward_is_caught(monkeypatch, fault):
-    monkeypatch.setattr(autograd, "backward_from_logits", _broken(autograd.backward_from_logits, FAULTS[fault]))
+    _patch_everywhere(monkeypatch, "backward_from_logits", _broken(autograd.backward_from_logits, FAULTS[fault]))
     x, target, params = make_problem(7, 2, 8, 2)
     with pytest.raises(AssertionError):
         assert_matches_twin(
@@ -142,7 +148,7 @@ def test_negative_control_dropped_tanh_derivative_is_caught(monkeypatch):
     def without_tanh_derivative(grad_z2, x, W1, W2, a1, needs, **flags):
         return original(grad_z2, x, W1, W2, torch.zeros_like(a1), needs, **flags)  # a1 := 0 makes 1 - a1^2 == 1
 
-    monkeypatch.setattr(autograd, "backward_from_logits", without_tanh_derivative)
+    _patch_everywhere(monkeypatch, "backward_from_logits", without_tanh_derivative)
     x, _, params = make_problem(6, 2, 8, 2)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
     assert not torch.autograd.gradcheck(functional.two_layer_net, inputs, raise_exception=False)
@@ -151,6 +157,13 @@ def test_negative_control_dropped_tanh_derivative_is_caught(monkeypatch):
 def test_negative_control_wrong_loss_gradient_is_caught(monkeypatch):
     original = autograd.loss_grad_logits
     monkeypatch.setattr(autograd, "loss_grad_logits", lambda *a, **k: -original(*a, **k))
+    fused = eager.loss_and_grad_logits_fused
+
+    def negated_delta2(*args):
+        loss, delta2 = fused(*args)
+        return loss, -delta2
+
+    monkeypatch.setattr(eager, "loss_and_grad_logits_fused", negated_delta2)
     x, target, params = make_problem(6, 2, 8, 2)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
     assert not torch.autograd.gradcheck(

@@ -17,6 +17,13 @@ from planted.twins import assert_close_relative, assert_matches_twin, problem
 from manualgrad import autograd, functional, modes, reference
 
 
+@pytest.fixture(autouse=True)
+def general_functions(monkeypatch):
+    """These tests kill mutants of autograd.py, so its Functions serve every call here; the lean
+    Functions of eager.py, which serve plain eager calls at small batches, have test_eager.py."""
+    monkeypatch.setattr(functional, "_lean", lambda x, below_rows: False)
+
+
 def _spy(monkeypatch, module, name):
     """Replace module.name by a wrapper that records each call's keyword arguments."""
     calls, original = [], getattr(module, name)

@@ -79,7 +79,7 @@ def plant(monkeypatch, attribute, make_bug):
     "attribute, make_bug, section, failing_case",
     [
         ("loss_grad_target", lambda f: _scaled(f, 2.0), 0, "soft sum cpu float64"),
-        ("mean_scale", lambda f: _one_over_n_minus_one, 0, "loss mean cpu float64"),
+        ("mean_scale", lambda f: _one_over_n_minus_one, 0, "loss mean in backward cpu float64"),
         ("softmax_jvp", lambda f: _scaled(f, -1.0), 3, "probs cpu"),
     ],
 )

@@ -58,22 +58,23 @@ TEXTBOOK_LOSS = T + "test_loss_each_subset_of_gradients_matches_twin[mean-11111]
 TEXTBOOK_PROBS = T + "test_network_each_subset_of_gradients_matches_twin[probs-11111]"
 TEXTBOOK_SOFT = T + "test_loss_probability_target_matches_twin[sum-target-grad]"
 
-LOGITS_RECOMPUTE = (
-    "        if differentiated:\n"
-    "            a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded\n"
-)
-LOGITS_RETURN = (
-    "        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)"
-    "\n\n    backward = staticmethod(in_parameter_precision(backward.__func__))  # type: ignore[attr-defined]"
-    "\n\n\nclass LogitsFunction("
-)
+NETWORK_RECOMPUTE = "        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2), recorded\n"
+NETWORK_RECOMPUTE_NEXT = "        if y_hat is not None:\n"
+E = "tests/test_eager.py::"
+EAGER_PROBS = E + "test_lean_network_matches_twin[probs-5-dtype0]"
+EAGER_LOSS_MEAN = E + "test_lean_loss_matches_twin[1.0-mean-5-dtype0]"
+EAGER_LOSS_SCALED = E + "test_lean_loss_matches_twin[-2.5-mean-5-dtype0]"
+EAGER_AUTOCAST = E + "test_backward_inside_autocast_computes_in_the_parameters_dtype[{}]"
+EAGER_DOUBLE = E + "test_double_backward_of_the_lean_functions[{}]"
+EAGER_LAYOUT = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[1-False]"
+EAGER = "manualgrad/eager.py"
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
 TEXTBOOK, VALIDATION = "manualgrad/textbook.py", "manualgrad/validation.py"
 
 CATALOGUE = [
     # --- drop (1 - a1^2), eq. (11), on each path -------------------------------------------------
     Bug("drop-tanh-slope/backward-in-place", KERNELS,
-        "grad_z1 = grad_a1.addcmul_(grad_a1, a1 * a1, value=-1)", "grad_z1 = grad_a1",
+        "grad_z1 = _tanh_backward(grad_a1, a1)", "grad_z1 = grad_a1",
         (PROBS, LOGITS, LOSS_BWD)),
     Bug("drop-tanh-slope/recorded-backward", KERNELS,
         "grad_z1 = grad_a1 - grad_a1 * (a1 * a1)", "grad_z1 = grad_a1",
@@ -118,7 +119,11 @@ CATALOGUE = [
         (TEXTBOOK_LOSS,), verify=False),
     Bug("flip-softmax-vjp/probs", KERNELS,
         "return y_hat * (grad_y_hat - inner)", "return y_hat * (inner - grad_y_hat)",
-        (PROBS,)),
+        (HVP.format("probs"), AUTOCAST.format("small-probs"))),
+    Bug("flip-softmax-vjp/eager-probs", KERNELS,
+        "return torch._softmax_backward_data(grad_y_hat, y_hat, 1, y_hat.dtype)",
+        "return -torch._softmax_backward_data(grad_y_hat, y_hat, 1, y_hat.dtype)",
+        (PROBS, EAGER_PROBS)),
     # --- 1/N: dropped, or 1/(N-1) ---------------------------------------------------------------
     Bug("one-over-N-minus-1/mean-scale", KERNELS,
         'return 1.0 / N if N > 0 and num_classes > 0 else float("nan")',
@@ -183,27 +188,44 @@ CATALOGUE = [
         (JVP.format("loss-mean", "target"), JVP_BIG.format("loss-sum", "target"))),
     # --- double backward from saved tensors -----------------------------------------------------
     Bug("double-backward-from-saved/logits", AUTOGRAD,
-        LOGITS_RECOMPUTE + LOGITS_RETURN,
-        LOGITS_RETURN,
+        NETWORK_RECOMPUTE + NETWORK_RECOMPUTE_NEXT,
+        NETWORK_RECOMPUTE_NEXT,
         (HVP.format("logits"),)),
     Bug("double-backward-from-saved/loss", AUTOGRAD,
-        "if ctx.precomputed or differentiated:", "if ctx.precomputed:",
+        "if residuals is None or differentiated:", "if residuals is None:",
         (HVP.format("loss-mean"), HVP.format("loss-soft"))),
+    Bug("double-backward-from-saved/eager", EAGER,
+        "return not (torch.is_grad_enabled() or modes.is_batched(grad)", "return not (modes.is_batched(grad)",
+        (EAGER_DOUBLE.format("logits"), EAGER_DOUBLE.format("probs"))),
     # --- autocast left on in one backward, and in the forward ----------------------------------
     Bug("autocast-on/loss-backward", AUTOGRAD,
-        "        return grads[0], grad_target, *grads[1:], None, None\n\n"
+        "needs, saved), None, None)\n\n"
         "    backward = staticmethod(in_parameter_precision(backward.__func__))",
-        "        return grads[0], grad_target, *grads[1:], None, None\n\n"
+        "needs, saved), None, None)\n\n"
         "    backward = staticmethod(backward.__func__)",
         (AUTOCAST.format("small-loss-mean"), AUTOCAST.format("large-loss-mean")), verify_args="autocast"),
     Bug("autocast-on/probs-backward", AUTOGRAD,
-        "        grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)\n"
-        "        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)\n\n"
+        "b2=b2, y_hat=y_hat)\n\n"
         "    backward = staticmethod(in_parameter_precision(backward.__func__))",
-        "        grad_z2 = softmax_vjp(grad_y_hat, y_hat)  # (N, C)  eq. (6)\n"
-        "        return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, ctx.needs_input_grad, differentiated)\n\n"
+        "b2=b2, y_hat=y_hat)\n\n"
         "    backward = staticmethod(backward.__func__)",
         (AUTOCAST.format("small-probs"),), verify_args="autocast"),
+    Bug("autocast-on/eager-backward", EAGER,
+        "with torch.autocast(modes.device_type(x), enabled=False):", "if True:",
+        (EAGER_AUTOCAST.format("probs"), EAGER_AUTOCAST.format("logits")), verify=False),
+    # --- the lean loss of eager mode: 1/N dropped, the upstream gradient applied twice, dW2 layout ---
+    Bug("drop-one-over-N/eager-loss", KERNELS,
+        "torch.ones_like(loss), log_probs, target, None, enum, _NO_LABEL, total_weight",
+        "torch.ones_like(loss), log_probs, target, None, 2, _NO_LABEL, total_weight",
+        (EAGER_LOSS_MEAN,)),
+    Bug("upstream-squared/eager-loss", EAGER,
+        "return [None if g is None else g * grad_loss for g in grads]",
+        "return [None if g is None else g * grad_loss * grad_loss for g in grads]",
+        (EAGER_LOSS_SCALED,), verify=False),
+    Bug("W2-layout/eager", EAGER,
+        "transposed = modes.column_major_pays_eager(W2, x.shape[0])",
+        "transposed = not modes.column_major_pays_eager(W2, x.shape[0])",
+        (EAGER_LAYOUT,), verify=False),
     # --- unbatched: a detached target -----------------------------------------------------------
     Bug("detached-target/unbatched", FUNCTIONAL,
         "x, target = x.unsqueeze(0), target.unsqueeze(0)", "x, target = x.unsqueeze(0), target.detach().unsqueeze(0)",

@@ -1,0 +1,177 @@
+r"""Lean ``torch.autograd.Function``\ s for plain eager mode at small batches.
+
+At a few rows an ATen op costs a few microseconds, and so does every line of Python around it:
+a training step of native autograd at N=1 is about fifteen ops and 200 us on the CPU. The
+Functions of ``autograd.py`` serve every mode of PyTorch (double backward, forward-mode AD,
+``torch.func``, compile, autocast), and asking which mode is in force costs more than the
+arithmetic there. These Functions are the same formulas for the one mode most training runs
+in, with as few ops and lines as the formulas allow:
+
+* the classic ``forward(ctx, ...)`` form: no ``setup_context`` call, one output, only the tensors
+  backward reads are saved;
+* eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op;
+* the loss computes its gradients in the forward (its upstream gradient is only a scale) with
+  the 1/N of the mean folded in, so that its backward multiplies by the upstream gradient, or
+  returns the gradients as they are when that is exactly 1 (read on the CPU only).
+
+``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
+``torch.func``, forward-mode AD, dispatch mode or autocast) and below the row counts where the
+chunked paths of ``autograd.py`` take over. A backward that is recorded (``create_graph=True``),
+gets a vmap-batched upstream gradient (gradcheck's batched-grad check) or runs inside autocast
+takes the general formulas of ``autograd.py`` instead (:func:`autograd.network_backward`,
+:func:`autograd.loss_backward`), which recompute what they need from the saved inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+from . import modes
+from .autograd import loss_backward, network_backward
+from .kernels import (
+    backward_from_logits,
+    column_major,
+    cross_entropy_of_log_probs,
+    hidden_activation_fast,
+    loss_and_grad_logits_fused,
+    output_logits,
+    softmax_vjp_fused,
+)
+
+
+def apply(function: type[Function], *args: object) -> Tensor:
+    """``function.apply(*args)`` without the Python preamble of ``Function.apply``, which plain
+    eager mode does not need (see ``autograd.apply_function``); a tensor left over from a finished
+    ``torch.func`` transform is unwrapped, as ``Function.apply`` does."""
+    args = tuple(_unwrap_if_dead(a) if type(a) is Tensor else a for a in args)
+    return super(Function, function).apply(*args)  # type: ignore[misc]
+
+
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+
+
+def _general(
+    backward: Callable[..., tuple[Tensor | None, ...]], x: Tensor, *args: Any, **kwargs: Any
+) -> tuple[Tensor | None, ...]:
+    """``backward(x, *args, **kwargs)``, the general formulas of ``autograd.py``, with autocast off for
+    x's device: every pass computes in the parameters' dtype (``modes.in_parameter_precision``)."""
+    with torch.autocast(modes.device_type(x), enabled=False):
+        return backward(x, *args, **kwargs)
+
+
+def gradients_wanted(*inputs: Tensor) -> tuple[bool, ...] | None:
+    """Which of these inputs (x, W1, b1, W2, b2) the loss's forward computes gradients for: those
+    that require grad, while grad mode is on; None when none will be asked for."""
+    if not torch.is_grad_enabled():
+        return None
+    mask = tuple(t.requires_grad for t in inputs)
+    return mask if any(mask) else None
+
+
+def _fast_backward(grad: Tensor, x: Tensor) -> bool:
+    """Whether the first-order formulas may run as they are: not recorded, a plain upstream gradient
+    and autocast off (a ``loss.backward()`` inside an autocast region would cast the matmuls)."""
+    return not (torch.is_grad_enabled() or modes.is_batched(grad) or torch.is_autocast_enabled(modes.device_type(x)))
+
+
+def _hidden(x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
+    sigmoid_form = modes.sigmoid_tanh_pays_eager(x, W1.shape[1])
+    return hidden_activation_fast(x, W1, b1, sigmoid_form=sigmoid_form, in_place=True)  # (N, H)  eq. (1), (2)
+
+
+def _logits(a1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
+    W2_layout = column_major(W2) if modes.column_major_pays_eager(W2, a1.shape[0]) else W2  # (H, C)
+    return output_logits(a1, W2_layout, b2)  # (N, C)  eq. (3)
+
+
+def _backward_from_logits(grad_z2, x, W1, W2, a1, needs) -> tuple[Tensor | None, ...]:
+    """eq. (10)-(18), first order; dW2 in W2's own layout below ``modes.COLUMN_MAJOR_MIN_ROWS`` rows."""
+    transposed = modes.column_major_pays_eager(W2, x.shape[0])
+    return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed)
+
+
+class EagerLogitsFunction(Function):
+    """z2 = tanh(x W1 + b1) W2 + b2, eq. (1)-(3); backward eq. (10)-(18)."""
+
+    @staticmethod
+    def forward(ctx, x, W1, b1, W2, b2):
+        a1 = _hidden(x, W1, b1)  # (N, H)  eq. (1), (2)
+        ctx.save_for_backward(x, W1, b1, W2, a1)
+        return _logits(a1, W2, b2)  # (N, C)  eq. (3)
+
+    @staticmethod
+    def backward(ctx, grad_z2):
+        x, W1, b1, W2, a1 = ctx.saved_tensors
+        if not _fast_backward(grad_z2, x):
+            return _general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, ctx.needs_input_grad)
+        return _backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad)
+
+
+class EagerProbsFunction(Function):
+    """y_hat = softmax(z2), eq. (1)-(4); backward eq. (6), then eq. (10)-(18)."""
+
+    @staticmethod
+    def forward(ctx, x, W1, b1, W2, b2):
+        a1 = _hidden(x, W1, b1)  # (N, H)  eq. (1), (2)
+        y_hat = torch.softmax(_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
+        ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
+        return y_hat
+
+    @staticmethod
+    def backward(ctx, grad_y_hat):
+        x, W1, b1, W2, b2, a1, y_hat = ctx.saved_tensors
+        if not _fast_backward(grad_y_hat, x):
+            needs = ctx.needs_input_grad
+            return _general(partial(network_backward, grad_y_hat), x, W1, b1, W2, a1, needs, b2=b2, y_hat=y_hat)
+        grad_z2 = softmax_vjp_fused(grad_y_hat, y_hat)  # (N, C)  eq. (6)
+        return _backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad)
+
+
+class EagerLossFunction(Function):
+    """Mean or summed cross-entropy of class indices every row of which counts, eq. (1)-(5),
+    with its gradients computed in the forward, eq. (7)-(18), when ``precompute`` (x, W1, b1, W2,
+    b2) asks for any."""
+
+    @staticmethod
+    def forward(ctx, x, target, W1, b1, W2, b2, reduction, precompute):
+        a1 = _hidden(x, W1, b1)  # (N, H)  eq. (1), (2)
+        log_probs = torch.log_softmax(_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
+        if precompute is None:  # no gradient will be asked for
+            return cross_entropy_of_log_probs(log_probs, target, reduction)  # ()  eq. (5)
+        loss, delta2 = loss_and_grad_logits_fused(log_probs, target, reduction)  # (), (N, C)  eq. (5), (7)
+        grads = _backward_from_logits(delta2, x, W1, W2, a1, precompute)
+        ctx.reduction, ctx.precomputed = reduction, True
+        ctx.save_for_backward(x, target, W1, b1, W2, b2, *grads)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        x, target, W1, b1, W2, b2, *grads = ctx.saved_tensors
+        scaled = _precomputed_times(grad_loss, grads) if _fast_backward(grad_loss, x) else None
+        if scaled is None:  # recomputed, recorded if create_graph
+            needs = ctx.needs_input_grad
+            return (*_general(loss_backward, x, target, W1, b1, W2, b2, ctx.reduction, grad_loss, needs), None, None)
+        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = scaled
+        return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None, None
+
+
+def _precomputed_times(grad_loss: Tensor, grads: list[Tensor | None]) -> list[Tensor | None] | None:
+    """The gradients the forward computed times the upstream gradient (as they are when it is
+    exactly 1), or None where they do not serve: the upstream gradient is not finite (inf times
+    gradients whose row terms cancel would give +-inf where autograd gives NaN). The value is
+    read on the CPU only, where reading synchronises nothing. The forward computed a gradient for
+    every input that requires grad, so for every one backward is asked for."""
+    if grad_loss.is_cpu:
+        value = grad_loss.item()
+        if value == 1.0:
+            return grads
+        if not math.isfinite(value):
+            return None
+    return [None if g is None else g * grad_loss for g in grads]

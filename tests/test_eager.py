@@ -1,0 +1,264 @@
+"""The lean Functions of plain eager mode (eager.py): taken exactly where they may serve, equal to
+the native-autograd twin there, and handing every other mode of PyTorch to the general Functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from conftest import DTYPES, assert_matches_twin, make_problem, value_and_grads
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from manualgrad import eager, functional, modes, reference
+
+LEAN = {
+    "probs": (functional.two_layer_net, eager.EagerProbsFunction),
+    "logits": (functional.two_layer_net_logits, eager.EagerLogitsFunction),
+}
+TWINS = {"probs": reference.probs, "logits": reference.logits}
+# 1 and 5 rows: dW2 in W2's layout and tanh itself; 40: dW2 transposed, tanh in the sigmoid form
+SIZES = [1, 5, 40]
+
+
+@pytest.fixture
+def taken(monkeypatch):
+    """The lean Functions that served each call, in order."""
+    calls: list[type] = []
+    original = eager.apply
+
+    def spy(function, *args):
+        calls.append(function)
+        return original(function, *args)
+
+    monkeypatch.setattr(eager, "apply", spy)
+    return calls
+
+
+def _loss(x, target, *params, **options):
+    return functional.two_layer_net_loss(x, target, *params, **options)
+
+
+# ---------------------------------------------------------------------------------------
+# Where the lean Functions serve, and where they must not
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", LEAN)
+def test_plain_eager_small_batches_take_the_lean_network(taken, path):
+    entry, function = LEAN[path]
+    x, _, params = make_problem(5)
+    entry(x, *params)
+    assert taken == [function]
+
+
+def test_plain_eager_small_batches_take_the_lean_loss(taken):
+    x, target, params = make_problem(5)
+    _loss(x, target, *params)
+    _loss(x, target, *params, reduction="sum")
+    assert taken == [eager.EagerLossFunction] * 2
+
+
+NOT_LEAN = {
+    "unbatched x": lambda x, t, p: functional.two_layer_net_logits(x[0], *p),
+    "from CHUNKED_NETWORK_MIN_ROWS rows": lambda x, t, p: functional.two_layer_net_logits(
+        x[:1].expand(modes.CHUNKED_NETWORK_MIN_ROWS, -1), *p
+    ),
+    "loss from PRECOMPUTE_MIN_ROWS rows": lambda x, t, p: _loss(
+        x[:1].expand(modes.PRECOMPUTE_MIN_ROWS, -1), t[:1].expand(modes.PRECOMPUTE_MIN_ROWS), *p
+    ),
+    "reduction none": lambda x, t, p: _loss(x, t, *p, reduction="none"),
+    "weight": lambda x, t, p: _loss(x, t, *p, weight=torch.ones(2, dtype=x.dtype)),
+    "label_smoothing": lambda x, t, p: _loss(x, t, *p, label_smoothing=0.1),
+    "ignore_index in use": lambda x, t, p: _loss(
+        x, t.masked_fill(t == 0, 1).index_fill(0, torch.tensor([0]), 0), *p, ignore_index=0
+    ),
+    "an ignored row": lambda x, t, p: _loss(x, t.index_fill(0, torch.tensor([0]), -100), *p),
+    "probability target": lambda x, t, p: _loss(x, torch.softmax(torch.randn(len(t), 2, dtype=x.dtype), 1), *p),
+    "autocast": lambda x, t, p: _under(
+        torch.autocast("cpu", dtype=torch.bfloat16), functional.two_layer_net_logits, x, p
+    ),
+    "forward AD level": lambda x, t, p: _under(fwAD.dual_level(), functional.two_layer_net_logits, x, p),
+    "dispatch mode": lambda x, t, p: _under(PassThrough(), functional.two_layer_net_logits, x, p),
+    "vmap": lambda x, t, p: torch.func.vmap(lambda row: functional.two_layer_net_logits(row, *p))(x),
+    "loss strategy set": lambda x, t, p: _under(functional.loss_gradients_in_forward(False), _loss, x, p, t),
+}
+
+
+class PassThrough(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def _under(context, entry, x, params, *first):
+    with context:
+        return entry(x, *first, *params)
+
+
+@pytest.mark.parametrize("case", NOT_LEAN)
+def test_every_other_mode_takes_the_general_functions(taken, case):
+    x, target, params = make_problem(5, dtype=torch.float32)
+    NOT_LEAN[case](x, target, params)
+    assert taken == []
+
+
+def test_compiled_code_takes_the_general_functions(taken):
+    x, _, params = make_problem(5, dtype=torch.float32)
+    compiled = torch.compile(functional.two_layer_net_logits, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, *params), reference.logits(x, *params))
+    assert taken == []
+
+
+# ---------------------------------------------------------------------------------------
+# Equal to the twin: value, then every gradient
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", SIZES)
+@pytest.mark.parametrize("path", LEAN)
+def test_lean_network_matches_twin(taken, path, N, dtype):
+    x, _, params = make_problem(N, D=3, H=300, C=4, dtype=dtype)
+    upstream = torch.randn(N, 4, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    assert_matches_twin(LEAN[path][0], TWINS[path], [x, *params], upstream)
+    assert taken == [LEAN[path][1]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", SIZES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("upstream", [1.0, -2.5])
+def test_lean_loss_matches_twin(taken, reduction, N, dtype, upstream):
+    x, target, params = make_problem(N, D=3, H=300, C=4, dtype=dtype)
+    assert_matches_twin(
+        lambda x, *p: _loss(x, target, *p, reduction=reduction),
+        lambda x, *p: reference.loss(x, target, *p, reduction=reduction),
+        [x, *params],
+        torch.tensor(upstream, dtype=dtype),
+    )
+    assert taken == [eager.EagerLossFunction]
+
+
+def test_lean_loss_of_int32_labels_matches_twin(taken):
+    x, target, params = make_problem(6, C=3)
+    assert_matches_twin(
+        lambda x, *p: _loss(x, target.int(), *p), lambda x, *p: reference.loss(x, target, *p), [x, *params]
+    )
+    assert taken == [eager.EagerLossFunction]
+
+
+@pytest.mark.parametrize("upstream", [float("inf"), float("nan")])
+def test_a_non_finite_upstream_gradient_gives_what_the_general_loss_gives(taken, upstream):
+    """inf times precomputed gradients whose row terms cancel would be +-inf where the formulas give
+    NaN: the lean loss recomputes, as the general one does."""
+    x, target, params = make_problem(4)
+    grad_out = torch.tensor(upstream, dtype=x.dtype)
+    _, grads = value_and_grads(lambda x, *p: _loss(x, target, *p), [x, *params], grad_out)
+    assert taken == [eager.EagerLossFunction]
+    with functional.loss_gradients_in_forward(False):
+        _, general = value_and_grads(lambda x, *p: _loss(x, target, *p), [x, *params], grad_out)
+    for g, r in zip(grads, general):
+        torch.testing.assert_close(g, r, equal_nan=True, rtol=0, atol=0)
+        assert not torch.isfinite(g).all()
+
+
+def test_the_loss_computes_gradients_only_for_inputs_that_require_them(monkeypatch):
+    seen = []
+    original = eager._backward_from_logits
+    monkeypatch.setattr(eager, "_backward_from_logits", lambda *a: seen.append(a[-1]) or original(*a))
+    x, target, (W1, b1, W2, b2) = make_problem(4)
+    W1.requires_grad_()
+    b2.requires_grad_()
+    _loss(x, target, W1, b1, W2, b2).backward()
+    with torch.no_grad():
+        _loss(x, target, W1, b1, W2, b2)
+    assert seen == [(False, True, False, False, True)]
+
+
+@pytest.mark.parametrize("N, transposed", [(1, False), (15, False), (16, True)])
+def test_dW2_is_made_in_W2s_layout_below_16_rows(monkeypatch, N, transposed):
+    """From 16 rows (delta2^T a1)^T is faster; below, a1^T delta2 is, and AccumulateGrad keeps it."""
+    flags = []
+    original = eager.backward_from_logits
+    monkeypatch.setattr(eager, "backward_from_logits", lambda *a, **k: flags.append(k) or original(*a, **k))
+    x, target, params = make_problem(N)
+    inputs = [p.requires_grad_() for p in params]
+    _loss(x, target, *inputs).backward()
+    functional.two_layer_net_logits(x, *inputs).sum().backward()
+    assert [k["transposed_W2_product"] for k in flags] == [transposed, transposed]
+    assert all(k["in_place"] for k in flags)
+
+
+# ---------------------------------------------------------------------------------------
+# Backward in other modes: recorded, batched, inside autocast
+# ---------------------------------------------------------------------------------------
+
+ENTRIES = {
+    "probs": functional.two_layer_net,
+    "logits": functional.two_layer_net_logits,
+    "loss": None,  # built per problem: it needs the target
+}
+
+
+def _entry(name, target):
+    return ENTRIES[name] or (lambda x, *p: _loss(x, target, *p))
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_double_backward_of_the_lean_functions(taken, name):
+    x, target, params = make_problem(5, H=8)
+    inputs = [t.detach().requires_grad_() for t in (x, *params)]
+    assert torch.autograd.gradgradcheck(_entry(name, target), inputs)
+    assert taken and set(taken) <= {eager.EagerLossFunction, eager.EagerProbsFunction, eager.EagerLogitsFunction}
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_batched_upstream_gradients_of_the_lean_functions(taken, name):
+    x, target, params = make_problem(5, H=8)
+    inputs = [t.detach().requires_grad_() for t in (x, *params)]
+    assert torch.autograd.gradcheck(_entry(name, target), inputs, check_batched_grad=True)
+    assert taken
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_backward_inside_autocast_computes_in_the_parameters_dtype(name):
+    """The forward ran outside autocast (lean); ``backward()`` inside a bfloat16 region must not cast."""
+    x, target, params = make_problem(6, H=16, dtype=torch.float32)
+    leaves = [p.detach().requires_grad_() for p in params]
+    twin = [p.detach().requires_grad_() for p in params]
+    out = _entry(name, target)(x, *leaves).square().sum()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out.backward()
+    twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
+    twin_entry(x, *twin).square().sum().backward()
+    for mine, theirs in zip(leaves, twin):
+        assert mine.grad.dtype == torch.float32
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=2e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# The module's parameters: read from its dict, or as attributes where they moved
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_parametrized_weight_is_used(taken):
+    from torch.nn.utils import parametrize
+
+    from manualgrad import TwoLayerNet
+
+    class Doubled(torch.nn.Module):
+        def forward(self, W):
+            return 2 * W
+
+    model = TwoLayerNet(2, 8, 3, dtype=torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    plain = model.logits(x)
+    parametrize.register_parametrization(model, "W2", Doubled())
+    original = model.parametrizations.W2.original
+    twin = original.detach().requires_grad_()
+    W1, b1, b2 = model.W1, model.b1, model.b2
+    z2 = model.logits(x)
+    torch.testing.assert_close(z2, reference.logits(x, W1, b1, 2 * twin, b2))
+    assert not torch.allclose(z2, plain)
+    z2.square().sum().backward()  # the gradient reaches the parametrization's original through 2 W
+    reference.logits(x, W1, b1, 2 * twin, b2).square().sum().backward()
+    torch.testing.assert_close(original.grad, twin.grad)
