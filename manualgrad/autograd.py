@@ -34,23 +34,21 @@ from torch.autograd import Function
 from . import modes
 from .chunked import backward_from_logits_chunked, network_output_chunked
 from .kernels import (
-    add_tangents,
     backward_from_logits,
     column_major,
     cross_entropy_of_log_probs,
     hidden_activation,
     hidden_activation_fast,
-    logits_tangent,
     loss_and_gradients,
     loss_grad_logits,
     loss_grad_target,
     mean_scale,
     output_logits,
     reduce_loss,
-    softmax_jvp,
     softmax_vjp,
 )
 from .modes import backward_is_differentiated, in_parameter_precision
+from .tangents import add_tangents, logits_tangent, softmax_jvp
 
 # ----------------------------------------------------------------------------------------
 # The Functions. The classes without ``jvp`` are used under torch.compile; the subclasses

@@ -69,6 +69,7 @@ EAGER_DOUBLE = E + "test_double_backward_of_the_lean_functions[{}]"
 EAGER_LAYOUT = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[1-False]"
 EAGER = "manualgrad/eager.py"
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
+TANGENTS = "manualgrad/tangents.py"
 TEXTBOOK, VALIDATION = "manualgrad/textbook.py", "manualgrad/validation.py"
 
 CATALOGUE = [
@@ -82,7 +83,7 @@ CATALOGUE = [
     Bug("drop-tanh-slope/chunked-loop", KERNELS,
         "delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)", "delta1 = grad_a1",
         (LOSS_FWD_CHUNKED,)),
-    Bug("drop-tanh-slope/jvp", KERNELS,
+    Bug("drop-tanh-slope/jvp", TANGENTS,
         "ta1 = None if tz1 is None else tz1 * (1 - a1 * a1)", "ta1 = None if tz1 is None else tz1",
         (JVP.format("logits", "x"), JVP.format("loss-mean", "W1"))),
     Bug("drop-tanh-slope/textbook", TEXTBOOK,
@@ -180,7 +181,7 @@ CATALOGUE = [
         "for start in range(0, N, rows):", "for start in range(0, N - 1, rows):",
         (LOSS_FWD_CHUNKED,)),
     # --- forward mode: a wrong sign in a jvp term, the target's tangent ------------------------
-    Bug("jvp-sign/W2-term", KERNELS,
+    Bug("jvp-sign/W2-term", TANGENTS,
         "None if tW2 is None else a1 @ tW2,", "None if tW2 is None else -(a1 @ tW2),",
         (JVP.format("logits", "W2"), JVP.format("loss-mean", "W2"))),
     Bug("jvp-sign/target-tangent", AUTOGRAD,
