@@ -81,10 +81,12 @@ def _hidden_activation_forward(x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
     )
 
 
-def _network_chunked(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, *, probabilities: bool) -> Tensor:
-    """z2 or y_hat (N, C) by row chunks, never allocating (N, H); eager mode only."""
+def _network_chunked(x, W1, b1, W2, b2, *, probabilities: bool) -> tuple[Tensor, Tensor | None]:
+    """z2 or y_hat (N, C) by row chunks, and a1 (N, H) where it is kept for backward (below
+    ``modes.KEEP_A1_BELOW_ROWS`` rows), else None: then nothing of size (N, H); eager mode only."""
     rows = modes.network_chunk_rows(x.device)
-    return network_output_chunked(
+    a1 = x.new_empty(x.shape[0], W1.shape[1]) if modes.keeps_a1(x) else None  # (N, H)
+    out = network_output_chunked(
         x,
         W1,
         b1,
@@ -94,21 +96,24 @@ def _network_chunked(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, 
         sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
         column_major_W2=modes.column_major_pays(W2, min(x.shape[0], rows)),
         probabilities=probabilities,
+        a1_out=a1,
     )
+    return out, a1
 
 
 def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2, eq. (10)-(18), for probs and logits.
 
     ``differentiated`` (double backward, torch.func): a1 was recomputed by the caller with
-    differentiable ops, and the formulas are recorded. First order: from the saved a1, or, where
-    the chunked forward kept none, recomputing it chunk by chunk (``chunked.py``).
+    differentiable ops, and the formulas are recorded. First order: from the saved a1; after the
+    chunked forward, chunk by chunk (``chunked.py``) from the a1 it kept, or recomputing it.
     """
     if differentiated:
         return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=False)
-    if a1 is None and modes.is_batched(grad_z2):  # vmap over the backward (batched gradcheck): no out= kernels there
-        a1 = hidden_activation(x, W1, b1)  # (N, H)  eq. (1), (2)
-    if a1 is None:
+    chunked_forward = a1 is None or modes.network_in_chunks(x)
+    if chunked_forward and modes.is_batched(grad_z2):  # vmap over the backward (batched gradcheck): no out= there
+        a1 = hidden_activation(x, W1, b1) if a1 is None else a1  # (N, H)  eq. (1), (2)
+    elif chunked_forward:
         return backward_from_logits_chunked(
             grad_z2,
             x,
@@ -118,6 +123,7 @@ def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated) -> 
             needs,
             chunk_rows=modes.network_chunk_rows(x.device),
             sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
+            a1=a1,
         )
     return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True)
 
@@ -159,8 +165,8 @@ class LogitsFunctionNoJvp(Function):
 
     @staticmethod
     def forward(x, W1, b1, W2, b2):
-        if modes.network_in_chunks(x):  # eager, many rows: a1 is not kept, backward recomputes it
-            return _network_chunked(x, W1, b1, W2, b2, probabilities=False), None  # (N, C)  eq. (1)-(3)
+        if modes.network_in_chunks(x):  # eager, many rows: by row chunks, a1 kept or recomputed in backward
+            return _network_chunked(x, W1, b1, W2, b2, probabilities=False)  # (N, C)  eq. (1)-(3), a1 or None
         a1 = _hidden_activation_forward(x, W1, b1)  # (N, H)  eq. (1), (2)
         z2 = output_logits(a1, _W2_for(W2, x.shape[0]), b2)  # (N, C)  eq. (3)
         return z2, a1
@@ -207,8 +213,8 @@ class ProbsFunctionNoJvp(Function):
 
     @staticmethod
     def forward(x, W1, b1, W2, b2):
-        if modes.network_in_chunks(x):  # eager, many rows: a1 is not kept, backward recomputes it
-            return _network_chunked(x, W1, b1, W2, b2, probabilities=True), None  # (N, C)  eq. (1)-(4)
+        if modes.network_in_chunks(x):  # eager, many rows: by row chunks, a1 kept or recomputed in backward
+            return _network_chunked(x, W1, b1, W2, b2, probabilities=True)  # (N, C)  eq. (1)-(4), a1 or None
         a1 = _hidden_activation_forward(x, W1, b1)  # (N, H)  eq. (1), (2)
         y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4)
         return y_hat, a1

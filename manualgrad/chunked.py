@@ -2,14 +2,16 @@
 
 The network's outputs z2 and y_hat are (N, C) with C small, while its hidden activation a1 is
 (N, H) with H large (500 by default). Native autograd keeps a1 (and more) alive from forward to
-backward. These kernels never allocate anything of size (N, H):
+backward. Unless asked to keep a1, these kernels never allocate anything of size (N, H):
 
 * :func:`network_output_chunked`: z2 (or y_hat), eq. (1)-(4), a chunk of rows at a time, through
   one (rows, H) buffer that stays in cache; only x (and y_hat for the probabilities) need be
-  saved for backward;
+  saved for backward. Given ``a1_out`` (N, H), each chunk's a1 is kept there instead (the wiring
+  does so below ``modes.KEEP_A1_BELOW_ROWS`` rows: one pass of eq. (1), (2) fewer);
 * :func:`backward_from_logits_chunked`: the gradients of eq. (10)-(18) from delta2 = dL/dz2,
   recomputing a1 chunk by chunk into the same kind of buffer (as ``torch.utils.checkpoint``
-  recomputes, but fused and cache-sized), then accumulating dW1, db1, dW2, db2 and writing dx.
+  recomputes, but fused and cache-sized), or reading the kept a1, then accumulating dW1, db1,
+  dW2, db2 and writing dx.
 
 Pure tensor functions like ``kernels.py``: they work in place on their own buffers, so the
 autograd wiring calls them only in eager mode and where autograd does not record (first-order
@@ -60,25 +62,29 @@ def network_output_chunked(
     sigmoid_form: bool,
     column_major_W2: bool,
     probabilities: bool,
+    a1_out: Tensor | None = None,
 ) -> Tensor:
     """z2 = tanh(x W1 + b1) W2 + b2 (N, C), eq. (1)-(3), or y_hat = softmax(z2), eq. (4), by row chunks.
 
     One (chunk_rows, H) buffer serves every chunk; each chunk of z2 is written in place into the
     (N, C) output. ``sigmoid_form``: eq. (2) as 2 sigmoid(2 z1) - 1; ``column_major_W2``: a1 W2
-    with W2 in column-major layout. Never call where autograd records.
+    with W2 in column-major layout. ``a1_out``: an (N, H) tensor that keeps a1, each chunk in its
+    rows, instead of the reused buffer (for a backward that does not recompute it). Never call
+    where autograd records.
     """
     N, H, C = x.shape[0], W1.shape[1], W2.shape[1]
     z2 = x.new_empty(N, C)  # (N, C)
     if N == 0:
         return z2
     rows = _rows_of(N, chunk_rows)
-    hidden = x.new_empty(rows, H)  # (rows, H)  z1, then a1, chunk after chunk
+    hidden = x.new_empty(rows, H) if a1_out is None else a1_out  # (rows, H)  z1, then a1; or (N, H), kept
     x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
     W2_cols = column_major(W2) if column_major_W2 else W2  # (H, C)
     for start in range(0, N, rows):
         xs_1 = x_1[start : start + rows]  # (n, D + 1)
         n = xs_1.shape[0]
-        a1 = _activation(xs_1, W1_b1, hidden[:n], sigmoid_form)  # (n, H)  eq. (1), (2)
+        out = hidden[:n] if a1_out is None else a1_out[start : start + n]  # (n, H)
+        a1 = _activation(xs_1, W1_b1, out, sigmoid_form)  # (n, H)  eq. (1), (2)
         torch.addmm(b2, a1, W2_cols, out=z2[start : start + n])  # (n, C)  eq. (3)
     return torch.softmax(z2, 1) if probabilities else z2  # (N, C)  eq. (4)
 
@@ -93,11 +99,13 @@ def backward_from_logits_chunked(
     *,
     chunk_rows: int,
     sigmoid_form: bool,
+    a1: Tensor | None = None,
 ) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2 (N, C), recomputing a1 by row chunks.
 
     The same results as ``kernels.backward_from_logits`` given a1, eq. (10)-(18), without a1:
-    each chunk's z1 is recomputed into a (chunk_rows, H) buffer. Works in place on its own
+    each chunk's z1 is recomputed into a (chunk_rows, H) buffer; or, given the (N, H) a1 that
+    :func:`network_output_chunked` kept, its rows are read instead. Works in place on its own
     buffers: never call it where autograd records.
     """
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
@@ -108,7 +116,7 @@ def backward_from_logits_chunked(
         zeros = [torch.zeros_like(t) if n else None for t, n in zip((x, W1, b1, W2), needs)]
         return (*zeros, grad_b2)
     rows = _rows_of(N, chunk_rows)
-    hidden = x.new_empty(rows, H)  # (rows, H)  z1, then a1
+    hidden = x.new_empty(rows if a1 is None else 0, H)  # (rows, H)  z1, then a1, where a1 is recomputed
     grad_hidden = x.new_empty(rows, H) if need_delta1 else None  # (rows, H)  dL/da1, then delta1
     grad_x = x.new_empty(x.shape) if need_x else None  # (N, D)
     x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
@@ -117,14 +125,17 @@ def backward_from_logits_chunked(
     for start in range(0, N, rows):
         xs_1, gs = x_1[start : start + rows], grad_z2[start : start + rows]  # (n, D + 1), (n, C)
         n = xs_1.shape[0]
-        a1 = _activation(xs_1, W1_b1, hidden[:n], sigmoid_form)  # (n, H)  eq. (1), (2), recomputed
+        if a1 is None:
+            a1s = _activation(xs_1, W1_b1, hidden[:n], sigmoid_form)  # (n, H)  eq. (1), (2), recomputed
+        else:
+            a1s = a1[start : start + n]  # (n, H)  kept by the forward
         if need_W2:
-            grad_W2_T = _accumulate_mm(grad_W2_T, gs.t(), a1)  # (C, H)  eq. (14), transposed: delta2^T a1
+            grad_W2_T = _accumulate_mm(grad_W2_T, gs.t(), a1s)  # (C, H)  eq. (14), transposed: delta2^T a1
         if not need_delta1:
             continue
         grad_a1 = torch.mm(gs, W2_T, out=grad_hidden[:n])  # (n, H)  eq. (10)
         # (n, H)  eq. (11): dL/da1 (1 - a1^2), one fused pass, in place
-        delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)
+        delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1s, grad_input=grad_a1)
         if need_W1 or need_b1:
             grad_W1_b1 = _accumulate_mm(grad_W1_b1, xs_1.t(), delta1)  # (D + 1, H)  eq. (16), (17)
         if need_x:

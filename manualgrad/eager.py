@@ -11,8 +11,9 @@ in, with as few ops and lines as the formulas allow:
   backward reads are saved;
 * eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op;
 * the loss computes its gradients in the forward (its upstream gradient is only a scale) with
-  the 1/N of the mean folded in, so that its backward multiplies by the upstream gradient, or
-  returns the gradients as they are when that is exactly 1 (read on the CPU only).
+  the 1/N of the mean folded in, so that its backward only multiplies them by the upstream
+  gradient, in one foreach op (float32 and float64 only: in 16 bits the scale must come first,
+  as in autograd, or a scaled loss would overflow or underflow differently).
 
 ``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
 ``torch.func``, forward-mode AD, dispatch mode or autocast) and below the row counts where the
@@ -163,15 +164,13 @@ class EagerLossFunction(Function):
 
 
 def _precomputed_times(grad_loss: Tensor, grads: list[Tensor | None]) -> list[Tensor | None] | None:
-    """The gradients the forward computed times the upstream gradient (as they are when it is
-    exactly 1), or None where they do not serve: the upstream gradient is not finite (inf times
-    gradients whose row terms cancel would give +-inf where autograd gives NaN). The value is
-    read on the CPU only, where reading synchronises nothing. The forward computed a gradient for
-    every input that requires grad, so for every one backward is asked for."""
-    if grad_loss.is_cpu:
-        value = grad_loss.item()
-        if value == 1.0:
-            return grads
-        if not math.isfinite(value):
-            return None
-    return [None if g is None else g * grad_loss for g in grads]
+    """The gradients the forward computed times the upstream gradient, in one foreach op, or None
+    where they do not serve: the upstream gradient is not finite (inf times gradients whose row
+    terms cancel would give +-inf where autograd gives NaN; read on the CPU only, where reading
+    synchronises nothing). New tensors even for a unit upstream gradient: the next backward of a
+    retained graph must not get the same ones. The forward computed a gradient for every input
+    that requires grad, so for every one backward is asked for."""
+    if grad_loss.is_cpu and not math.isfinite(grad_loss.item()):
+        return None
+    scaled = iter(torch._foreach_mul([g for g in grads if g is not None], grad_loss))
+    return [None if g is None else next(scaled) for g in grads]

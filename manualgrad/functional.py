@@ -167,6 +167,7 @@ def _lean_network(function: type[Function], x: object, W1: Tensor, b1: Tensor, W
 
 
 _SCALAR_REDUCTIONS = ("mean", "sum")
+_WIDE = (torch.float32, torch.float64)
 
 
 def _lean_loss(
@@ -180,8 +181,8 @@ def _lean_loss(
     options: tuple[object, object, object],
 ) -> Tensor | None:
     """The loss through ``eager.py``'s lean Function, or None where it does not serve: it takes the
-    default options, a scalar reduction and CPU class indices every row of which counts (read here,
-    which also checks their range), under the default loss strategy."""
+    default options, a scalar reduction, float32 or float64 parameters and CPU class indices every
+    row of which counts (read here, which also checks their range), under the default loss strategy."""
     weight, ignore_index, label_smoothing = options
     defaults = type(ignore_index) is int and ignore_index == -100 and type(label_smoothing) in (int, float)
     if not (defaults and weight is None and label_smoothing == 0 and reduction in _SCALAR_REDUCTIONS):
@@ -189,7 +190,9 @@ def _lean_loss(
     if type(target) is not Tensor or not _lean(x, modes.PRECOMPUTE_MIN_ROWS) or not modes.default_loss_strategy():
         return None
     x, target, _ = _prepare_loss(x, target, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
-    if not x.is_cpu or target.is_floating_point() or not validation.check_class_indices(target, W2.shape[1], -100):
+    if not x.is_cpu or W1.dtype not in _WIDE or target.is_floating_point():
+        return None  # 16 bits: the upstream scale must come before the products (loss scaling)
+    if not validation.check_class_indices(target, W2.shape[1], -100):
         return None
     precompute = eager.gradients_wanted(x, W1, b1, W2, b2)
     return eager.apply(eager.EagerLossFunction, x, target.long(), W1, b1, W2, b2, reduction, precompute)

@@ -46,6 +46,11 @@ COLUMN_MAJOR_MIN_ROWS = 16
 # (``chunked.py``), a1 recomputed in backward instead of saved. Below, a1 is saved: one pass fewer
 # (in plain eager mode by the lean Functions of ``eager.py``).
 CHUNKED_NETWORK_MIN_ROWS = 1024
+# Below this many rows the chunked forward keeps a1 in one (N, H) tensor for backward instead of
+# recomputing it there: one pass of eq. (1), (2) fewer, the sigmoid its costliest op (N=4096, H=500,
+# 1 thread: 2.7x-3.1x autograd's speed against 2.2x-2.3x). From here it recomputes, so that the bytes held for
+# backward stay a sliver of autograd's (at N=65536: 0.4% for probs, 0 B for logits).
+KEEP_A1_BELOW_ROWS = 16384
 # Rows per chunk of those kernels: the (rows, H) buffers stay in cache on the CPU.
 NETWORK_CHUNK_ROWS = 1024
 NETWORK_CHUNK_ROWS_ACCELERATOR = 16384
@@ -147,6 +152,11 @@ def network_in_chunks(x: Tensor) -> bool:
     """Whether probs and logits run by row chunks, recomputing a1 in backward: eager, from
     ``CHUNKED_NETWORK_MIN_ROWS`` rows of x (N, D)."""
     return not tracing(x) and x.shape[0] >= CHUNKED_NETWORK_MIN_ROWS
+
+
+def keeps_a1(x: Tensor) -> bool:
+    """Whether the chunked forward of probs and logits keeps a1 for backward; eager only."""
+    return x.shape[0] < KEEP_A1_BELOW_ROWS
 
 
 class LossStrategy(NamedTuple):

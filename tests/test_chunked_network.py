@@ -21,20 +21,25 @@ CHUNK = 8
 # N: exactly 3 chunks, a ragged last chunk of 5 rows, a last chunk of one row, fewer rows than a chunk
 SIZES = [3 * CHUNK, 3 * CHUNK + 5, 3 * CHUNK + 1, 5]
 FORMS = ["tanh", "sigmoid-form"]
+# the chunked forward keeps a1 for backward below modes.KEEP_A1_BELOW_ROWS rows, else backward recomputes it
+A1 = ["recompute-a1", "keep-a1"]
 ENTRY_POINTS = {
     "probs": (functional.two_layer_net, reference.probs),
     "logits": (functional.two_layer_net_logits, reference.logits),
 }
 
 
-@pytest.fixture(params=FORMS)
+@pytest.fixture(params=[(form, a1) for form in FORMS for a1 in A1], ids=lambda p: f"{p[0]}-{p[1]}")
 def chunked(request, monkeypatch):
-    """Probs and logits take the chunked path from one row, CHUNK rows per chunk, in the given form of tanh."""
+    """Probs and logits take the chunked path from one row, CHUNK rows per chunk, in the given form of
+    tanh, a1 kept by the forward or recomputed by the backward."""
+    form, a1 = request.param
     monkeypatch.setattr(modes, "CHUNKED_NETWORK_MIN_ROWS", 1)
     monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS", CHUNK)
     monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS_ACCELERATOR", CHUNK)
-    monkeypatch.setattr(modes, "SIGMOID_TANH_MIN_ELEMENTS", 0 if request.param == "sigmoid-form" else 1 << 62)
-    return request.param
+    monkeypatch.setattr(modes, "SIGMOID_TANH_MIN_ELEMENTS", 0 if form == "sigmoid-form" else 1 << 62)
+    monkeypatch.setattr(modes, "KEEP_A1_BELOW_ROWS", 1 << 62 if a1 == "keep-a1" else 0)
+    return a1
 
 
 def _saved_shapes(fn):
@@ -100,12 +105,13 @@ def test_values_and_every_gradient_match_the_twin(chunked, path, dtype, N):
 
 
 @pytest.mark.parametrize("path", ENTRY_POINTS)
-def test_the_chunked_path_saves_nothing_of_size_N_by_H(chunked, path):
+def test_the_chunked_path_saves_nothing_of_size_N_by_H_unless_it_keeps_a1(chunked, path):
     N, H = 3 * CHUNK + 5, 32
     x, _, params = make_problem(N, D=3, H=H, C=4)
     leaves = [p.clone().requires_grad_() for p in params]
     _, shapes = _saved_shapes(lambda: ENTRY_POINTS[path][0](x, *leaves))
-    assert (N, H) not in shapes and shapes, shapes  # x, the parameters, and y_hat (N, C) for probs
+    assert shapes  # x, the parameters, y_hat (N, C) for probs, and a1 where it is kept
+    assert shapes.count((N, H)) == (chunked == "keep-a1"), shapes
 
 
 LOSSES_ON_TOP = {  # the benchmark's paths, as PyTorch users write them: (probs, logits, target) -> loss
@@ -206,3 +212,23 @@ def test_gradcheck_with_batched_gradients_and_forward_ad_through_the_chunked_pat
     inputs = [t.clone().requires_grad_() for t in (x, *params)]
     for manual in (functional.two_layer_net, functional.two_layer_net_logits):
         assert torch.autograd.gradcheck(manual, inputs, check_batched_grad=True, check_forward_ad=True)
+
+
+@pytest.mark.parametrize("N", SIZES)
+@pytest.mark.parametrize("sigmoid_form", [False, True])
+def test_a_kept_a1_gives_what_recomputing_gives(N, sigmoid_form):
+    """Below modes.KEEP_A1_BELOW_ROWS the forward writes a1 into an (N, H) tensor and backward reads it."""
+    x, _, (W1, b1, W2, b2) = make_problem(N, D=3, H=32, C=4)
+    kept = x.new_empty(N, 32)
+    z2 = network_output_chunked(
+        x, W1, b1, W2, b2, chunk_rows=CHUNK, sigmoid_form=sigmoid_form, column_major_W2=False,
+        probabilities=False, a1_out=kept,
+    )  # fmt: skip
+    torch.testing.assert_close(kept, reference.logits(x, W1, b1, torch.eye(32, dtype=x.dtype), torch.zeros(32)))
+    torch.testing.assert_close(z2, reference.logits(x, W1, b1, W2, b2))
+    grad_z2 = torch.randn(N, 4, dtype=x.dtype, generator=torch.Generator().manual_seed(3))
+    chunks = dict(chunk_rows=CHUNK, sigmoid_form=sigmoid_form)
+    from_kept = backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **chunks, a1=kept)
+    recomputed = backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **chunks)
+    for got, expected in zip(from_kept, recomputed):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -81,6 +81,8 @@ NOT_LEAN = {
     "dispatch mode": lambda x, t, p: _under(PassThrough(), functional.two_layer_net_logits, x, p),
     "vmap": lambda x, t, p: torch.func.vmap(lambda row: functional.two_layer_net_logits(row, *p))(x),
     "loss strategy set": lambda x, t, p: _under(functional.loss_gradients_in_forward(False), _loss, x, p, t),
+    "loss in bfloat16": lambda x, t, p: _loss(x.bfloat16(), t, *(q.bfloat16() for q in p)),
+    "loss in float16": lambda x, t, p: _loss(x.half(), t, *(q.half() for q in p)),
 }
 
 
@@ -159,6 +161,22 @@ def test_a_non_finite_upstream_gradient_gives_what_the_general_loss_gives(taken,
     for g, r in zip(grads, general):
         torch.testing.assert_close(g, r, equal_nan=True, rtol=0, atol=0)
         assert not torch.isfinite(g).all()
+
+
+def test_a_retained_graph_gives_new_gradient_tensors_each_time(taken):
+    """The forward's gradients are never handed out themselves: a second backward of a retained graph
+    must not return the tensors the first one returned (changing one would change the other)."""
+    x, target, params = make_problem(4)
+    leaves = [p.requires_grad_() for p in params]
+    loss = _loss(x, target, *leaves)
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    expected = [g.clone() for g in second]
+    for g in first:
+        g.mul_(10)
+    for g, e in zip(second, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    assert taken == [eager.EagerLossFunction]
 
 
 def test_the_loss_computes_gradients_only_for_inputs_that_require_them(monkeypatch):

@@ -94,6 +94,8 @@ def test_chunked_network_form_and_layout(entry, N, H, monkeypatch):
     manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
     assert_matches_twin(manual, reference.probs if entry == "probs" else reference.logits, [x, *params])
     sigmoid = N * H >= modes.SIGMOID_TANH_MIN_ELEMENTS
+    kept = forwards[0].pop("a1_out")  # below KEEP_A1_BELOW_ROWS the forward keeps a1 (N, H) for backward
+    assert kept.shape == (N, H) and backwards[0].pop("a1") is kept
     assert forwards == [dict(chunk_rows=20, sigmoid_form=sigmoid, column_major_W2=min(N, 20) >= 16,
                              probabilities=entry == "probs")]  # fmt: skip
     assert backwards == [dict(chunk_rows=20, sigmoid_form=sigmoid)]

@@ -192,12 +192,15 @@ def test_backward_from_logits_chunked_float32_sigmoid_form():
 @pytest.mark.parametrize("entry", ["probs", "logits"])
 @pytest.mark.parametrize("N, H", [(7, 5), (40, 120)], ids=["tanh", "sigmoid-form"])
 @pytest.mark.parametrize("needs", [(True,) * 5, (False, True, False, True, False), (True, False, True, False, True)])
-def test_functional_chunked_path_matches_twin(entry, N, H, needs, monkeypatch):
+@pytest.mark.parametrize("keep_a1", [False, True], ids=["recompute-a1", "keep-a1"])
+def test_functional_chunked_path_matches_twin(entry, N, H, needs, keep_a1, monkeypatch):
     monkeypatch.setattr(modes, "CHUNKED_NETWORK_MIN_ROWS", 4)
     monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS", 3)
+    monkeypatch.setattr(modes, "KEEP_A1_BELOW_ROWS", N + 1 if keep_a1 else N)
     calls = _spy_chunks(monkeypatch)
     x, _, _, params = problem(N=N, H=H)
     manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
     twin = reference.probs if entry == "probs" else reference.logits
     assert_matches_twin(manual, twin, [x, *params], list(needs))
-    assert len(calls) == 2 * math.ceil(N / 3), "forward and backward by chunks of 3 rows"
+    chunks = math.ceil(N / 3)
+    assert len(calls) == (1 if keep_a1 else 2) * chunks, "a1 by chunks of 3 rows in forward, in backward unless kept"

@@ -69,7 +69,8 @@ EAGER_DOUBLE = E + "test_double_backward_of_the_lean_functions[{}]"
 EAGER_LAYOUT = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[1-False]"
 EAGER = "manualgrad/eager.py"
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
-TANGENTS = "manualgrad/tangents.py"
+TANGENTS, CHUNKED = "manualgrad/tangents.py", "manualgrad/chunked.py"
+KEPT_A1 = "tests/test_chunked_network.py::test_a_kept_a1_gives_what_recomputing_gives[{}]"
 TEXTBOOK, VALIDATION = "manualgrad/textbook.py", "manualgrad/validation.py"
 
 CATALOGUE = [
@@ -180,6 +181,14 @@ CATALOGUE = [
     Bug("off-by-one/chunk-loop", KERNELS,
         "for start in range(0, N, rows):", "for start in range(0, N - 1, rows):",
         (LOSS_FWD_CHUNKED,)),
+    # --- the chunked probs and logits with a1 kept: every chunk reads the first chunk's rows ----
+    Bug("kept-a1/first-chunk-only/backward", CHUNKED,
+        "a1s = a1[start : start + n]  # (n, H)  kept by the forward", "a1s = a1[:n]  # (n, H)  kept by the forward",
+        (KEPT_A1.format("False-29"),), verify=False),
+    Bug("kept-a1/first-chunk-only/forward", CHUNKED,
+        "out = hidden[:n] if a1_out is None else a1_out[start : start + n]",
+        "out = hidden[:n] if a1_out is None else a1_out[:n]",
+        (KEPT_A1.format("True-24"),), verify=False),
     # --- forward mode: a wrong sign in a jvp term, the target's tangent ------------------------
     Bug("jvp-sign/W2-term", TANGENTS,
         "None if tW2 is None else a1 @ tW2,", "None if tW2 is None else -(a1 @ tW2),",
@@ -220,8 +229,8 @@ CATALOGUE = [
         "torch.ones_like(loss), log_probs, target, None, 2, _NO_LABEL, total_weight",
         (EAGER_LOSS_MEAN,)),
     Bug("upstream-squared/eager-loss", EAGER,
-        "return [None if g is None else g * grad_loss for g in grads]",
-        "return [None if g is None else g * grad_loss * grad_loss for g in grads]",
+        "torch._foreach_mul([g for g in grads if g is not None], grad_loss))",
+        "torch._foreach_mul([g for g in grads if g is not None], grad_loss * grad_loss))",
         (EAGER_LOSS_SCALED,), verify=False),
     Bug("W2-layout/eager", EAGER,
         "transposed = modes.column_major_pays_eager(W2, x.shape[0])",
