@@ -10,10 +10,8 @@ in, with as few ops and lines as the formulas allow:
 * the classic ``forward(ctx, ...)`` form: no ``setup_context`` call, one output, only the tensors
   backward reads are saved;
 * eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op;
-* the loss computes its gradients in the forward (its upstream gradient is only a scale) with
-  the 1/N of the mean folded in, so that its backward only multiplies them by the upstream
-  gradient, in one foreach op (float32 and float64 only: in 16 bits the scale must come first,
-  as in autograd, or a scaled loss would overflow or underflow differently).
+* the loss's eq. (5) and (7) with PyTorch's nll_loss, its backward and the log-softmax backward
+  (autograd's own formulas for ``F.cross_entropy``): one op for the loss, two for delta2.
 
 ``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
 ``torch.func``, forward-mode AD, dispatch mode or autocast) and below the row counts where the
@@ -25,7 +23,6 @@ takes the general formulas of ``autograd.py`` instead (:func:`autograd.network_b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -39,9 +36,9 @@ from .autograd import loss_backward, network_backward
 from .kernels import (
     backward_from_logits,
     column_major,
-    cross_entropy_of_log_probs,
     hidden_activation_fast,
-    loss_and_grad_logits_fused,
+    loss_grad_logits_fused,
+    nll_loss_and_total_weight,
     output_logits,
     softmax_vjp_fused,
 )
@@ -65,15 +62,6 @@ def _general(
     x's device: every pass computes in the parameters' dtype (``modes.in_parameter_precision``)."""
     with torch.autocast(modes.device_type(x), enabled=False):
         return backward(x, *args, **kwargs)
-
-
-def gradients_wanted(*inputs: Tensor) -> tuple[bool, ...] | None:
-    """Which of these inputs (x, W1, b1, W2, b2) the loss's forward computes gradients for: those
-    that require grad, while grad mode is on; None when none will be asked for."""
-    if not torch.is_grad_enabled():
-        return None
-    mask = tuple(t.requires_grad for t in inputs)
-    return mask if any(mask) else None
 
 
 def _fast_backward(grad: Tensor, x: Tensor) -> bool:
@@ -136,41 +124,27 @@ class EagerProbsFunction(Function):
 
 
 class EagerLossFunction(Function):
-    """Mean or summed cross-entropy of class indices every row of which counts, eq. (1)-(5),
-    with its gradients computed in the forward, eq. (7)-(18), when ``precompute`` (x, W1, b1, W2,
-    b2) asks for any."""
+    """Mean or summed cross-entropy of class indices every row of which counts, eq. (1)-(5); backward
+    eq. (7)-(18) from the saved a1 and log y_hat, the upstream gradient applied first, as autograd
+    applies it (so that a scaled loss in low precision overflows and underflows as autograd's does)."""
 
     @staticmethod
-    def forward(ctx, x, target, W1, b1, W2, b2, reduction, precompute):
+    def forward(ctx, x, target, W1, b1, W2, b2, reduction):
         a1 = _hidden(x, W1, b1)  # (N, H)  eq. (1), (2)
         log_probs = torch.log_softmax(_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
-        if precompute is None:  # no gradient will be asked for
-            return cross_entropy_of_log_probs(log_probs, target, reduction)  # ()  eq. (5)
-        loss, delta2 = loss_and_grad_logits_fused(log_probs, target, reduction)  # (), (N, C)  eq. (5), (7)
-        grads = _backward_from_logits(delta2, x, W1, W2, a1, precompute)
-        ctx.reduction, ctx.precomputed = reduction, True
-        ctx.save_for_backward(x, target, W1, b1, W2, b2, *grads)
+        loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction)  # (), ()  eq. (5)
+        ctx.reduction = reduction
+        ctx.save_for_backward(x, target, W1, b1, W2, b2, a1, log_probs, total_weight)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        x, target, W1, b1, W2, b2, *grads = ctx.saved_tensors
-        scaled = _precomputed_times(grad_loss, grads) if _fast_backward(grad_loss, x) else None
-        if scaled is None:  # recomputed, recorded if create_graph
-            needs = ctx.needs_input_grad
-            return (*_general(loss_backward, x, target, W1, b1, W2, b2, ctx.reduction, grad_loss, needs), None, None)
-        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = scaled
-        return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None, None
-
-
-def _precomputed_times(grad_loss: Tensor, grads: list[Tensor | None]) -> list[Tensor | None] | None:
-    """The gradients the forward computed times the upstream gradient, in one foreach op, or None
-    where they do not serve: the upstream gradient is not finite (inf times gradients whose row
-    terms cancel would give +-inf where autograd gives NaN; read on the CPU only, where reading
-    synchronises nothing). New tensors even for a unit upstream gradient: the next backward of a
-    retained graph must not get the same ones. The forward computed a gradient for every input
-    that requires grad, so for every one backward is asked for."""
-    if grad_loss.is_cpu and not math.isfinite(grad_loss.item()):
-        return None
-    scaled = iter(torch._foreach_mul([g for g in grads if g is not None], grad_loss))
-    return [None if g is None else next(scaled) for g in grads]
+        x, target, W1, b1, W2, b2, a1, log_probs, total_weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if not _fast_backward(grad_loss, x):  # recomputed from the inputs, recorded if create_graph
+            return (*_general(loss_backward, x, target, W1, b1, W2, b2, ctx.reduction, grad_loss, needs), None)
+        delta2 = loss_grad_logits_fused(grad_loss, log_probs, target, ctx.reduction, total_weight)  # (N, C)  eq. (7)
+        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _backward_from_logits(
+            delta2, x, W1, W2, a1, (needs[0], *needs[2:6])
+        )  # eq. (10)-(18)
+        return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None

@@ -191,11 +191,10 @@ def _lean_loss(
         return None
     x, target, _ = _prepare_loss(x, target, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
     if not x.is_cpu or W1.dtype not in _WIDE or target.is_floating_point():
-        return None  # 16 bits: the upstream scale must come before the products (loss scaling)
+        return None  # 16-bit parameters: the general path
     if not validation.check_class_indices(target, W2.shape[1], -100):
         return None
-    precompute = eager.gradients_wanted(x, W1, b1, W2, b2)
-    return eager.apply(eager.EagerLossFunction, x, target.long(), W1, b1, W2, b2, reduction, precompute)
+    return eager.apply(eager.EagerLossFunction, x, target.long(), W1, b1, W2, b2, reduction)
 
 
 def _apply_network(
@@ -295,10 +294,10 @@ def two_layer_net_loss(
     Takes ``F.cross_entropy``'s arguments and gives its values and gradients. Its backward is
     the fused eq. (7): dL/dz2 = (y_hat - y) / N for "mean"; with ``weight``, ``ignore_index`` or
     ``label_smoothing``, the target becomes an effective target q and dL/dz2 = (y_hat sum_c q - q) / d,
-    eq. (7') of docs/derivation.md. In eager mode, when gradients will be asked for, they are
-    computed during the forward: from ``modes.PRECOMPUTE_MIN_ROWS`` rows in chunks of rows (see
-    :func:`loss_gradients_in_forward`), below in one piece by ``eager.py``'s lean Function (plain
-    eager, default options, class indices every row of which counts).
+    eq. (7') of docs/derivation.md. In eager mode, from ``modes.PRECOMPUTE_MIN_ROWS`` rows, the
+    gradients are computed during the forward, in chunks of rows (see :func:`loss_gradients_in_forward`);
+    below, plain eager calls with the default options and class indices every row of which counts
+    take ``eager.py``'s lean Function.
 
     Args:
         x: input, :math:`(N, D)` or one unbatched sample :math:`(D,)`, in the parameters' dtype

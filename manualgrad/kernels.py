@@ -169,17 +169,23 @@ _nll_loss_forward = torch.ops.aten.nll_loss_forward.default  # -> (loss, total w
 _nll_loss_backward = torch.ops.aten.nll_loss_backward.default
 
 
-def loss_and_grad_logits_fused(log_probs: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
-    """The loss, eq. (5), and delta2 = dL/dz2, eq. (7), ``reduction`` "mean" or "sum", for class
-    indices every row of which counts (the range checked), in three ops with PyTorch's nll_loss
-    and log_softmax backward kernels; written out, eq. (7) takes four. Never where autograd records."""
-    enum = _REDUCTION_ENUM[reduction]
-    loss, total_weight = _nll_loss_forward(log_probs, target, None, enum, _NO_LABEL)  # ()  eq. (5)
-    grad_log_probs = _nll_loss_backward(  # (N, C)  dL/dlog y_hat = -y / N ("mean") or -y ("sum")
-        torch.ones_like(loss), log_probs, target, None, enum, _NO_LABEL, total_weight
+def nll_loss_and_total_weight(log_probs: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
+    """The loss, eq. (5), ``reduction`` "mean" or "sum", of class indices every row of which counts
+    (the range checked), and the count its mean divides by, for :func:`loss_grad_logits_fused`."""
+    return _nll_loss_forward(log_probs, target, None, _REDUCTION_ENUM[reduction], _NO_LABEL)  # (), ()
+
+
+def loss_grad_logits_fused(
+    grad_loss: Tensor, log_probs: Tensor, target: Tensor, reduction: str, total_weight: Tensor
+) -> Tensor:
+    """delta2 = dL/dz2 (N, C), eq. (7), times the upstream gradient, for the loss of
+    :func:`nll_loss_and_total_weight`: two ops with PyTorch's nll_loss and log_softmax backward
+    kernels (autograd's own formulas for ``F.cross_entropy``), the upstream gradient applied first
+    as autograd applies it; written out, eq. (7) takes four. Never where autograd records."""
+    grad_log_probs = _nll_loss_backward(  # (N, C)  dL/dlog y_hat = -g y / N ("mean") or -g y ("sum")
+        grad_loss, log_probs, target, None, _REDUCTION_ENUM[reduction], _NO_LABEL, total_weight
     )
-    delta2 = torch._log_softmax_backward_data(grad_log_probs, log_probs, 1, log_probs.dtype)  # (N, C)  eq. (7)
-    return loss, delta2
+    return torch._log_softmax_backward_data(grad_log_probs, log_probs, 1, log_probs.dtype)  # (N, C)  eq. (7)
 
 
 def mean_scale(N: int, num_classes: int = 1) -> float:

@@ -33,9 +33,9 @@ from torch import Tensor
 LOSS_CHUNK_ROWS = 1024
 LOSS_CHUNK_ROWS_ACCELERATOR = 16384
 # From this many rows the loss computes its gradients in the forward by row chunks, when they
-# will be needed. Fewer: in plain eager mode the lean loss of ``eager.py`` computes them in its
-# forward in one piece (the chunk loop costs about 60 us of Python at N=1, CPU, H=500); elsewhere
-# the loss saves a1 and log y_hat and computes them in backward, as the probs and logits paths do.
+# will be needed. Fewer (the chunk loop costs about 60 us of Python at N=1, CPU, H=500): the loss
+# saves a1 and log y_hat and computes them in backward, as the probs and logits paths do; in plain
+# eager mode through the lean Function of ``eager.py``.
 PRECOMPUTE_MIN_ROWS = 256
 # tanh z1 = 2 sigmoid(2 z1) - 1 pays on the CPU from this many elements of z1 (N * H): the
 # 3 ns per element saved outweigh the two extra ops (a few microseconds).
