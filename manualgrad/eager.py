@@ -141,8 +141,10 @@ class EagerLossFunction(Function):
     def backward(ctx, grad_loss):
         x, target, W1, b1, W2, b2, a1, log_probs, total_weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        if not _fast_backward(grad_loss, x):  # recomputed from the inputs, recorded if create_graph
-            return (*_general(loss_backward, x, target, W1, b1, W2, b2, ctx.reduction, grad_loss, needs), None)
+        if not _fast_backward(grad_loss, x):  # from a1 and log y_hat; recomputed and recorded if create_graph
+            residuals = (a1, log_probs)
+            grads = _general(loss_backward, x, target, W1, b1, W2, b2, ctx.reduction, grad_loss, needs, residuals)
+            return (*grads, None)
         delta2 = loss_grad_logits_fused(grad_loss, log_probs, target, ctx.reduction, total_weight)  # (N, C)  eq. (7)
         grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _backward_from_logits(
             delta2, x, W1, W2, a1, (needs[0], *needs[2:6])
