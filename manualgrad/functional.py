@@ -30,9 +30,10 @@ Three entry points, each backed by its own ``torch.autograd.Function`` (``autogr
 mode at small batches, lean Functions with the same formulas serve them (``eager.py``).
 
 Layers, dependencies one way: this file (public entry points, boundary checks through
-``validation.py``) -> ``eager.py`` (lean Functions of plain eager mode) -> ``autograd.py``
-(the Functions: backward, jvp, vmap, compile variants) -> ``kernels.py`` (pure tensor
-functions); ``modes.py`` answers which mode PyTorch is in and holds the precision policy.
+``validation.py``, decided once per combination of metadata by ``boundary.py``) -> ``eager.py``
+(lean Functions of plain eager mode) -> ``autograd.py`` (the Functions: backward, jvp, vmap,
+compile variants) -> ``kernels.py`` (pure tensor functions); ``modes.py`` answers which mode
+PyTorch is in and holds the precision policy.
 ``textbook.py`` is the same mathematics without speed tricks.
 """
 
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from . import eager, kernels, modes, validation
+from . import boundary, eager, kernels, modes, validation
 from .autograd import (
     LogitsFunction,
     LogitsFunctionNoJvp,
@@ -56,7 +57,7 @@ from .autograd import (
     apply_function,
 )
 from .kernels import backward_from_logits, loss_grad_logits, softmax_vjp  # noqa: F401  building blocks, for tests
-from .modes import autocast_enabled, loss_gradients_in_forward
+from .modes import loss_gradients_in_forward
 
 __all__ = [
     "two_layer_net",
@@ -73,83 +74,6 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
     return without_jvp if torch.compiler.is_compiling() else with_jvp
 
 
-# The boundary checks read only metadata (kind, dtype, device, layout, shape), except the class
-# range of a target. Metadata that passed once passes again: in plain eager mode the checks run
-# once per combination (at most _MAX_CHECKED kept), then a dict lookup stands in for them.
-_MAX_CHECKED = 256
-_Key = tuple[object, ...]
-_checked: dict[_Key, bool] = {}
-
-
-def _metadata_of(t: Tensor) -> _Key:
-    return (type(t), t.dtype, t.device, t.layout, t.shape)
-
-
-def _metadata(*tensors: object) -> _Key | None:
-    """What the boundary checks read of these tensors, or None where it must not be cached."""
-    if torch.compiler.is_compiling():  # traced: the checks cost nothing at run time
-        return None
-    try:
-        return tuple(map(_metadata_of, tensors))  # type: ignore[arg-type]
-    except AttributeError:  # not a tensor: the checks say what it is
-        return None
-
-
-def _seen(key: _Key | None) -> bool:
-    try:
-        return key is not None and key in _checked
-    except TypeError:  # symbolic sizes (make_fx, export) cannot be hashed: check every time
-        return False
-
-
-def _remember(key: _Key | None) -> None:
-    if key is not None and len(_checked) < _MAX_CHECKED:
-        try:
-            _checked[key] = True
-        except TypeError:  # symbolic sizes
-            pass
-
-
-def _autocast(x: object) -> bool:
-    return isinstance(x, Tensor) and autocast_enabled(modes.device_type(x))
-
-
-def _check_network(x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool) -> Tensor:
-    validation.check_parameters(W1, b1, W2, b2)
-    x = validation.require_tensor("x", x)
-    return validation.check_input(x, W1, autocast=autocast)
-
-
-def _prepare(
-    x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool | None = None
-) -> tuple[Tensor, bool]:
-    autocast = _autocast(x) if autocast is None else autocast
-    key = _metadata(x, W1, b1, W2, b2)
-    key = None if key is None else (*key, autocast)
-    if _seen(key):
-        return x, autocast  # type: ignore[return-value]
-    x = _check_network(x, W1, b1, W2, b2, autocast)
-    _remember(key)
-    return x, autocast
-
-
-def _prepare_loss(
-    x: object, target: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool | None = None
-) -> tuple[Tensor, Tensor, bool]:
-    """The network's checks and ``validation.check_target`` (metadata only), as one cached decision.
-
-    The class range needs the values: the caller checks it on every call."""
-    autocast = _autocast(x) if autocast is None else autocast
-    key = _metadata(x, target, W1, b1, W2, b2)
-    key = None if key is None else (*key, "loss", autocast)
-    if _seen(key):
-        return x, target, autocast  # type: ignore[return-value]
-    x = _check_network(x, W1, b1, W2, b2, autocast)
-    target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
-    _remember(key)
-    return x, target, autocast
-
-
 def _lean(x: object, below_rows: int) -> bool:
     """Whether the lean Functions of ``eager.py`` may serve this call: plain eager mode, autocast off,
     a plain tensor x (N, D) of 1 to ``below_rows - 1`` rows (from there the chunked paths pay)."""
@@ -162,7 +86,7 @@ def _lean_network(function: type[Function], x: object, W1: Tensor, b1: Tensor, W
     """The network's output through a lean Function of ``eager.py``, or None where those do not serve."""
     if not _lean(x, modes.CHUNKED_NETWORK_MIN_ROWS):
         return None
-    _prepare(x, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
+    boundary.prepare_network(x, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
     return eager.apply(function, x, W1, b1, W2, b2)
 
 
@@ -189,7 +113,7 @@ def _lean_loss(
         return None  # look-alikes of the defaults (-100.0, a tensor 0) are refused by the general path
     if type(target) is not Tensor or not _lean(x, modes.PRECOMPUTE_MIN_ROWS) or not modes.default_loss_strategy():
         return None
-    x, target, _ = _prepare_loss(x, target, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
+    x, target, _ = boundary.prepare_loss(x, target, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
     if not x.is_cpu or W1.dtype not in _WIDE or target.is_floating_point():
         return None  # 16-bit parameters: the general path
     if not validation.check_class_indices(target, W2.shape[1], -100):
@@ -239,7 +163,7 @@ def two_layer_net(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> 
     lean = _lean_network(eager.EagerProbsFunction, x, W1, b1, W2, b2)
     if lean is not None:
         return lean
-    x, autocast = _prepare(x, W1, b1, W2, b2)
+    x, autocast = boundary.prepare_network(x, W1, b1, W2, b2)
     return _apply_network(_pick(ProbsFunction, ProbsFunctionNoJvp), x, W1, b1, W2, b2, autocast)
 
 
@@ -272,7 +196,7 @@ def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tens
     lean = _lean_network(eager.EagerLogitsFunction, x, W1, b1, W2, b2)
     if lean is not None:
         return lean
-    x, autocast = _prepare(x, W1, b1, W2, b2)
+    x, autocast = boundary.prepare_network(x, W1, b1, W2, b2)
     return _apply_network(_pick(LogitsFunction, LogitsFunctionNoJvp), x, W1, b1, W2, b2, autocast)
 
 
@@ -340,7 +264,7 @@ def two_layer_net_loss(
     lean = _lean_loss(x, target, W1, b1, W2, b2, reduction, (weight, ignore_index, label_smoothing))
     if lean is not None:
         return lean
-    x, target, autocast = _prepare_loss(x, target, W1, b1, W2, b2)
+    x, target, autocast = boundary.prepare_loss(x, target, W1, b1, W2, b2)
     reduction = validation.check_reduction(reduction)
     check_values = x.is_cpu and not modes.tracing(x)  # else gather checks the range
     weight, label_smoothing = validation.check_loss_options(

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DEVICES
 
-from manualgrad import TwoLayerNet, autograd, conformance, functional, modes, verify
+from manualgrad import TwoLayerNet, autograd, boundary, conformance, functional, modes, verify
 from manualgrad.testing import CHECK_NAMES, run_checks
 from manualgrad.verify_cases import Problem
 
@@ -104,14 +104,14 @@ def test_negative_control_a_batch_size_branch_under_compile_is_caught(monkeypatc
 
 def test_negative_control_autocast_policy_catches_bfloat16_math(monkeypatch):
     """With the precision policy off, manualgrad's ops see autocast's bfloat16: the policy check fails."""
-    for module in (functional, modes):
+    for module in (boundary, modes):
         monkeypatch.setattr(module, "autocast_enabled", lambda device_type: False)
     with pytest.raises((AssertionError, RuntimeError), match="autocast|dtype"):
         conformance.check_autocast_policy("logits", "cpu")
 
 
 def test_module_results_report_failures_as_results(monkeypatch):
-    for module in (functional, modes):
+    for module in (boundary, modes):
         monkeypatch.setattr(module, "autocast_enabled", lambda device_type: False)
     results = conformance.results(["cpu"], paths=["logits"], checks=["autocast_policy", "module_contracts"])
     assert {r.name: r.status for r in results} == {"autocast_policy": "fail", "module_contracts": "pass"}

@@ -10,14 +10,14 @@ import pytest
 import torch
 from planted.twins import assert_close_relative, assert_matches_twin, problem
 
-from manualgrad import autograd, functional, modes, reference
+from manualgrad import autograd, boundary, functional, modes, reference
 
 
 @pytest.fixture(autouse=True)
 def _fresh_check_cache():
-    functional._checked.clear()
+    boundary._checked.clear()
     yield
-    functional._checked.clear()
+    boundary._checked.clear()
 
 
 def test_the_target_check_is_cached_per_target_x_and_weights():
@@ -45,11 +45,11 @@ def test_a_bad_target_is_refused_on_the_first_call_and_a_non_tensor_by_name():
 
 
 def test_the_cache_keeps_at_most_its_size(monkeypatch):
-    monkeypatch.setattr(functional, "_MAX_CHECKED", 2)
+    monkeypatch.setattr(boundary, "_MAX_CHECKED", 2)
     for N in (3, 4, 5):
         x, indices, _, params = problem(N=N, H=5)
         functional.two_layer_net_loss(x, indices, *params)
-    assert len(functional._checked) == 2
+    assert len(boundary._checked) == 2
 
 
 @pytest.mark.parametrize("entry", ["probs", "logits", "loss-indices", "loss-probabilities"])

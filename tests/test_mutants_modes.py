@@ -1,4 +1,4 @@
-"""modes.py's questions answered directly, and the cached input checks of functional._prepare.
+"""modes.py's questions answered directly, and the cached input checks of boundary.py.
 
 Each size-tuned choice of eager mode at its threshold, on the CPU and elsewhere (the meta device and
 a CUDA torch.device need no GPU), in each dtype, and under each kind of tracing: torch.func, make_fx
@@ -14,7 +14,7 @@ import torch.autograd.forward_ad as fwAD
 from planted.twins import assert_close_relative, problem
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from manualgrad import autograd, functional, modes, reference
+from manualgrad import autograd, boundary, functional, modes, reference
 
 
 def _under(kind, question):
@@ -87,9 +87,9 @@ def test_input_of_another_dtype_is_refused_outside_autocast():
 
 @pytest.fixture()
 def _fresh_check_cache():
-    functional._checked.clear()
+    boundary._checked.clear()
     yield
-    functional._checked.clear()
+    boundary._checked.clear()
 
 
 @pytest.mark.usefixtures("_fresh_check_cache")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_problem
 
-from manualgrad import functional
+from manualgrad import boundary, functional
 
 
 @pytest.fixture
@@ -52,12 +52,12 @@ def test_after_a_good_call_bad_labels_are_still_refused(warm):
 
 
 def test_the_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(functional, "_checked", {})
-    monkeypatch.setattr(functional, "_MAX_CHECKED", 3)
+    monkeypatch.setattr(boundary, "_checked", {})
+    monkeypatch.setattr(boundary, "_MAX_CHECKED", 3)
     for N in range(1, 8):
         x, _, params = make_problem(N, D=3, H=8, C=4)
         functional.two_layer_net_logits(x, *params)
-    assert len(functional._checked) == 3
+    assert len(boundary._checked) == 3
 
 
 @pytest.mark.parametrize(
