@@ -105,7 +105,8 @@ def test_every_other_mode_takes_the_general_functions(taken, case):
 
 def test_compiled_code_takes_the_general_functions(taken):
     x, _, params = make_problem(5, dtype=torch.float32)
-    compiled = torch.compile(functional.two_layer_net_logits, backend="eager", fullgraph=True)
+    # no fullgraph: mutmut's trampolines break graphs (test_tracing keeps the one-graph checks)
+    compiled = torch.compile(functional.two_layer_net_logits, backend="eager")
     torch.testing.assert_close(compiled(x, *params), reference.logits(x, *params))
     assert taken == []
 
