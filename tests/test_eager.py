@@ -280,3 +280,51 @@ def test_a_parametrized_weight_is_used(taken):
     z2.square().sum().backward()  # the gradient reaches the parametrization's original through 2 W
     reference.logits(x, W1, b1, 2 * twin, b2).square().sum().backward()
     torch.testing.assert_close(original.grad, twin.grad)
+
+
+# ---------------------------------------------------------------------------------------
+# What the lean Functions pass to the kernels (choices that change speed, not values)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("N, sigmoid_form, column_major", [(1, False, False), (8, False, False), (16, True, True)])
+@pytest.mark.parametrize("path", LEAN)
+def test_lean_network_forms_and_layouts(monkeypatch, path, N, sigmoid_form, column_major):
+    """tanh in the sigmoid form from N H >= 4096 (CPU, float), in place; W2 column-major from 16 rows."""
+    forms, layouts = [], []
+    hidden, reorder = eager.hidden_activation_fast, eager.column_major
+    monkeypatch.setattr(eager, "hidden_activation_fast", lambda *a, **k: forms.append(k) or hidden(*a, **k))
+    monkeypatch.setattr(eager, "column_major", lambda W2: layouts.append(W2.shape) or reorder(W2))
+    x, _, params = make_problem(N, H=256)
+    LEAN[path][0](x, *params)
+    assert forms == [dict(sigmoid_form=sigmoid_form, in_place=True)]
+    assert layouts == ([(256, 2)] if column_major else [])
+
+
+@pytest.mark.parametrize("entry", ["logits", "loss"])
+def test_the_boundary_checks_run_once_per_metadata(monkeypatch, entry):
+    from manualgrad import boundary
+
+    monkeypatch.setattr(boundary, "_checked", {})
+    checks = []
+    original = boundary._check_network
+    monkeypatch.setattr(boundary, "_check_network", lambda *a: checks.append(1) or original(*a))
+    x, target, params = make_problem(5)
+    for _ in range(3):
+        functional.two_layer_net_logits(x, *params) if entry == "logits" else _loss(x, target, *params)
+    assert len(checks) == 1 and len(boundary._checked) == 1
+
+
+def test_a_tensor_left_over_from_a_finished_transform_is_unwrapped(taken):
+    """A tensor that escaped torch.func.grad (a dead wrapper) is unwrapped, as Function.apply does."""
+    escaped = []
+
+    def keep(x):
+        escaped.append(x)
+        return x.sum()
+
+    x, _, params = make_problem(4)
+    torch.func.grad(keep)(x.clone())
+    assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])
+    torch.testing.assert_close(functional.two_layer_net_logits(escaped[0], *params), reference.logits(x, *params))
+    assert taken == [eager.EagerLogitsFunction]
