@@ -328,3 +328,18 @@ def test_a_tensor_left_over_from_a_finished_transform_is_unwrapped(taken):
     assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])
     torch.testing.assert_close(functional.two_layer_net_logits(escaped[0], *params), reference.logits(x, *params))
     assert taken == [eager.EagerLogitsFunction]
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_a_plain_backward_stays_on_the_lean_formulas(monkeypatch, name):
+    """First order, a plain upstream gradient, no autocast: the general formulas are not called;
+    a recorded backward (create_graph) calls them once."""
+    handed_over = []
+    original = eager._general
+    monkeypatch.setattr(eager, "_general", lambda *a, **k: handed_over.append(1) or original(*a, **k))
+    x, target, params = make_problem(5, H=8)
+    leaves = [p.requires_grad_() for p in params]
+    torch.autograd.grad(_entry(name, target)(x, *leaves).sum(), leaves)
+    assert handed_over == []
+    torch.autograd.grad(_entry(name, target)(x, *leaves).sum(), leaves, create_graph=True)
+    assert handed_over == [1]
