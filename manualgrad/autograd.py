@@ -27,7 +27,6 @@ of ``Function.apply``.
 from __future__ import annotations
 
 import torch
-import torch._functorch.utils as _functorch_utils
 from torch import Tensor
 from torch.autograd import Function
 
@@ -363,6 +362,14 @@ def apply_function(function: type[Function], *args):
     these forwards do not have; the C++ ``apply`` underneath is the same. Under tracing
     (``modes.tracing``: torch.compile, export, make_fx, torch.func) the public ``apply`` is used.
     """
-    if modes.tracing():
-        return function.apply(*args)
-    return super(Function, function).apply(*_functorch_utils.unwrap_dead_wrappers(args))  # type: ignore[misc]
+    return function.apply(*args) if modes.tracing() else apply_eager(function, *args)
+
+
+def apply_eager(function: type[Function], *args: object) -> Tensor:
+    """``function.apply(*args)`` without its Python preamble, for plain eager mode (``apply_function``);
+    a tensor left over from a finished ``torch.func`` transform is unwrapped, as ``Function.apply`` does."""
+    args = tuple(_unwrap_if_dead(a) if type(a) is Tensor else a for a in args)
+    return super(Function, function).apply(*args)  # type: ignore[misc]
+
+
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from . import modes
-from .autograd import loss_backward, network_backward
+from .autograd import apply_eager, loss_backward, network_backward
 from .kernels import (
     backward_from_logits,
     column_major,
@@ -43,16 +43,7 @@ from .kernels import (
     softmax_vjp_fused,
 )
 
-
-def apply(function: type[Function], *args: object) -> Tensor:
-    """``function.apply(*args)`` without the Python preamble of ``Function.apply``, which plain
-    eager mode does not need (see ``autograd.apply_function``); a tensor left over from a finished
-    ``torch.func`` transform is unwrapped, as ``Function.apply`` does."""
-    args = tuple(_unwrap_if_dead(a) if type(a) is Tensor else a for a in args)
-    return super(Function, function).apply(*args)  # type: ignore[misc]
-
-
-_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+apply = apply_eager  # what functional.py calls for these Functions
 
 
 def _general(

@@ -107,9 +107,7 @@ def _lean_loss(
     """The loss through ``eager.py``'s lean Function, or None where it does not serve: it takes the
     default options, a scalar reduction, float32 or float64 parameters and CPU class indices every
     row of which counts (read here, which also checks their range), under the default loss strategy."""
-    weight, ignore_index, label_smoothing = options
-    defaults = type(ignore_index) is int and ignore_index == -100 and type(label_smoothing) in (int, float)
-    if not (defaults and weight is None and label_smoothing == 0 and reduction in _SCALAR_REDUCTIONS):
+    if not (validation.default_loss_options(*options) and reduction in _SCALAR_REDUCTIONS):
         return None  # look-alikes of the defaults (-100.0, a tensor 0) are refused by the general path
     if type(target) is not Tensor or not _lean(x, modes.PRECOMPUTE_MIN_ROWS) or not modes.default_loss_strategy():
         return None

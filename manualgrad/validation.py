@@ -220,6 +220,12 @@ def check_class_indices(target: Tensor, C: int, ignore_index: int) -> bool:
     )
 
 
+def default_loss_options(weight: object, ignore_index: object, label_smoothing: object) -> bool:
+    """Whether these are F.cross_entropy's defaults exactly (look-alikes such as -100.0 or a tensor 0 are not)."""
+    defaults = type(ignore_index) is int and ignore_index == -100 and type(label_smoothing) in (int, float)
+    return defaults and weight is None and label_smoothing == 0
+
+
 def check_loss_options(
     weight: object,
     ignore_index: object,
@@ -236,8 +242,7 @@ def check_loss_options(
     autocast, a weight of any floating dtype, in the parameters' dtype) and label_smoothing as
     a float.
     """
-    defaults = type(ignore_index) is int and ignore_index == -100 and type(label_smoothing) in (int, float)
-    if defaults and weight is None and label_smoothing == 0:
+    if default_loss_options(weight, ignore_index, label_smoothing):
         return None, 0.0  # the defaults (-100 is a valid ignore_index for either kind of target)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} ({ignore_index!r})")
