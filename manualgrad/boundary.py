@@ -20,18 +20,18 @@ _Key = tuple[object, ...]
 _checked: dict[_Key, bool] = {}
 
 
-def _metadata_of(t: Tensor) -> _Key:
-    return (type(t), t.dtype, t.device, t.layout, t.shape)
-
-
-def _metadata(*tensors: object) -> _Key | None:
-    """What the boundary checks read of these tensors, or None where it must not be cached."""
+def _metadata(tag: object, *tensors: object) -> _Key | None:
+    """``tag`` and what the boundary checks read of these tensors, one flat tuple (cheaper to build
+    and hash than a tuple per tensor), or None where it must not be cached."""
     if torch.compiler.is_compiling():  # traced: the checks cost nothing at run time
         return None
+    key: list[object] = [tag]
     try:
-        return tuple(map(_metadata_of, tensors))  # type: ignore[arg-type]
+        for t in tensors:
+            key += (type(t), t.dtype, t.device, t.layout, t.shape)  # type: ignore[attr-defined]
     except AttributeError:  # not a tensor: the checks say what it is
         return None
+    return tuple(key)
 
 
 def _seen(key: _Key | None) -> bool:
@@ -63,8 +63,7 @@ def prepare_network(
     x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, autocast: bool | None = None
 ) -> tuple[Tensor, bool]:
     autocast = _autocast(x) if autocast is None else autocast
-    key = _metadata(x, W1, b1, W2, b2)
-    key = None if key is None else (*key, autocast)
+    key = _metadata(autocast, x, W1, b1, W2, b2)
     if _seen(key):
         return x, autocast  # type: ignore[return-value]
     x = _check_network(x, W1, b1, W2, b2, autocast)
@@ -79,8 +78,7 @@ def prepare_loss(
 
     The class range needs the values: the caller checks it on every call."""
     autocast = _autocast(x) if autocast is None else autocast
-    key = _metadata(x, target, W1, b1, W2, b2)
-    key = None if key is None else (*key, "loss", autocast)
+    key = _metadata(("loss", autocast), x, target, W1, b1, W2, b2)
     if _seen(key):
         return x, target, autocast  # type: ignore[return-value]
     x = _check_network(x, W1, b1, W2, b2, autocast)

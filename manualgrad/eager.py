@@ -11,7 +11,10 @@ in, with as few ops and lines as the formulas allow:
   backward reads are saved;
 * eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op;
 * the loss's eq. (5) and (7) with PyTorch's nll_loss, its backward and the log-softmax backward
-  (autograd's own formulas for ``F.cross_entropy``): one op for the loss, two for delta2.
+  (autograd's own formulas for ``F.cross_entropy``): one op for the loss, two for delta2; rows
+  labelled -100 (F.cross_entropy's default ``ignore_index``) count for nothing, and nll_loss
+  refuses a label outside [0, C) as it reads them (``functional.py`` then says which, as every path);
+* :func:`apply_network` and :func:`apply_loss` call them without ``Function.apply``'s Python preamble.
 
 ``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
 ``torch.func``, forward-mode AD, dispatch mode or autocast) and below the row counts where the
@@ -32,10 +35,11 @@ from torch import Tensor
 from torch.autograd import Function
 
 from . import modes
-from .autograd import apply_eager, loss_backward, network_backward
+from .autograd import loss_backward, network_backward
 from .kernels import (
     backward_from_logits,
     column_major,
+    effective_target,
     hidden_activation_fast,
     loss_grad_logits_fused,
     nll_loss_and_total_weight,
@@ -43,7 +47,7 @@ from .kernels import (
     softmax_vjp_fused,
 )
 
-apply = apply_eager  # what functional.py calls for these Functions
+IGNORE_INDEX = -100  # F.cross_entropy's default: rows with this label count for nothing
 
 
 def _general(
@@ -114,16 +118,26 @@ class EagerProbsFunction(Function):
         return _backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad)
 
 
+def _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, reduction, needs, residuals):
+    """The loss's general backward (:func:`autograd.loss_backward`) with the labels as the effective
+    target q of eq. (7'), in which the ignored rows count for nothing (docs/derivation.md)."""
+    q, reduction_of_q, _ = effective_target(  # (N, C)
+        target, W2.shape[1], W1.dtype, reduction, weight=None, ignore_index=IGNORE_INDEX, label_smoothing=0.0
+    )
+    return _general(loss_backward, x, q, W1, b1, W2, b2, reduction_of_q, grad_loss, needs, residuals)
+
+
 class EagerLossFunction(Function):
-    """Mean or summed cross-entropy of class indices every row of which counts, eq. (1)-(5); backward
-    eq. (7)-(18) from the saved a1 and log y_hat, the upstream gradient applied first, as autograd
-    applies it (so that a scaled loss in low precision overflows and underflows as autograd's does)."""
+    """Mean or summed cross-entropy of class indices, eq. (1)-(5), rows labelled ``IGNORE_INDEX``
+    left out (the mean divides by the rows that count); backward eq. (7)-(18) from the saved a1 and
+    log y_hat, the upstream gradient applied first, as autograd applies it (so that a scaled loss
+    in low precision overflows and underflows as autograd's does)."""
 
     @staticmethod
     def forward(ctx, x, target, W1, b1, W2, b2, reduction):
         a1 = _hidden(x, W1, b1)  # (N, H)  eq. (1), (2)
         log_probs = torch.log_softmax(_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
-        loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction)  # (), ()  eq. (5)
+        loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction, IGNORE_INDEX)  # (), ()  eq. (5)
         ctx.reduction = reduction
         ctx.save_for_backward(x, target, W1, b1, W2, b2, a1, log_probs, total_weight)
         return loss
@@ -134,10 +148,32 @@ class EagerLossFunction(Function):
         needs = ctx.needs_input_grad
         if not _fast_backward(grad_loss, x):  # from a1 and log y_hat; recomputed and recorded if create_graph
             residuals = (a1, log_probs)
-            grads = _general(loss_backward, x, target, W1, b1, W2, b2, ctx.reduction, grad_loss, needs, residuals)
+            grads = _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, ctx.reduction, needs, residuals)
             return (*grads, None)
-        delta2 = loss_grad_logits_fused(grad_loss, log_probs, target, ctx.reduction, total_weight)  # (N, C)  eq. (7)
+        delta2 = loss_grad_logits_fused(  # (N, C)  eq. (7)
+            grad_loss, log_probs, target, ctx.reduction, IGNORE_INDEX, total_weight
+        )
         grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _backward_from_logits(
             delta2, x, W1, W2, a1, (needs[0], *needs[2:6])
         )  # eq. (10)-(18)
         return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None
+
+
+_unwrap = torch._C._functorch.unwrap_if_dead  # a tensor left over from a finished torch.func transform
+_RAW_APPLY: dict[type[Function], Callable[..., Tensor]] = {  # Function.apply without its preamble, looked up once
+    function: super(Function, function).apply  # type: ignore[misc]
+    for function in (EagerLogitsFunction, EagerProbsFunction, EagerLossFunction)
+}
+
+
+def apply_network(function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
+    """``function.apply(x, W1, b1, W2, b2)`` for ``EagerLogitsFunction`` or ``EagerProbsFunction``, in
+    plain eager mode: without ``Function.apply``'s Python preamble, which at a few rows costs as much
+    as an op; a tensor left over from a finished ``torch.func`` transform is unwrapped, as it does."""
+    return _RAW_APPLY[function](_unwrap(x), _unwrap(W1), _unwrap(b1), _unwrap(W2), _unwrap(b2))
+
+
+def apply_loss(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str) -> Tensor:
+    """``EagerLossFunction.apply(...)`` in plain eager mode, as :func:`apply_network`."""
+    apply = _RAW_APPLY[EagerLossFunction]
+    return apply(_unwrap(x), _unwrap(target), _unwrap(W1), _unwrap(b1), _unwrap(W2), _unwrap(b2), reduction)

@@ -77,9 +77,7 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
 def _lean(x: object, below_rows: int) -> bool:
     """Whether the lean Functions of ``eager.py`` may serve this call: plain eager mode, autocast off,
     a plain tensor x (N, D) of 1 to ``below_rows - 1`` rows (from there the chunked paths pay)."""
-    if type(x) is not Tensor or not modes.plain_eager(x) or torch.is_autocast_enabled(modes.device_type(x)):
-        return False
-    return x.dim() == 2 and 0 < x.shape[0] < below_rows
+    return modes.plain_eager(x) and x.dim() == 2 and 0 < x.shape[0] < below_rows  # type: ignore[attr-defined]
 
 
 def _lean_network(function: type[Function], x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor | None:
@@ -87,7 +85,7 @@ def _lean_network(function: type[Function], x: object, W1: Tensor, b1: Tensor, W
     if not _lean(x, modes.CHUNKED_NETWORK_MIN_ROWS):
         return None
     boundary.prepare_network(x, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
-    return eager.apply(function, x, W1, b1, W2, b2)
+    return eager.apply_network(function, cast(Tensor, x), W1, b1, W2, b2)
 
 
 _SCALAR_REDUCTIONS = ("mean", "sum")
@@ -105,8 +103,9 @@ def _lean_loss(
     options: tuple[object, object, object],
 ) -> Tensor | None:
     """The loss through ``eager.py``'s lean Function, or None where it does not serve: it takes the
-    default options, a scalar reduction, float32 or float64 parameters and CPU class indices every
-    row of which counts (read here, which also checks their range), under the default loss strategy."""
+    default options, a scalar reduction, float32 or float64 parameters and CPU class indices, under
+    the default loss strategy. nll_loss checks the labels' range as it reads them; for a label
+    outside [0, C), ``validation.check_class_indices`` then says which, as on the general path."""
     if not (validation.default_loss_options(*options) and reduction in _SCALAR_REDUCTIONS):
         return None  # look-alikes of the defaults (-100.0, a tensor 0) are refused by the general path
     if type(target) is not Tensor or not _lean(x, modes.PRECOMPUTE_MIN_ROWS) or not modes.default_loss_strategy():
@@ -114,9 +113,11 @@ def _lean_loss(
     x, target, _ = boundary.prepare_loss(x, target, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
     if not x.is_cpu or W1.dtype not in _WIDE or target.is_floating_point():
         return None  # 16-bit parameters: the general path
-    if not validation.check_class_indices(target, W2.shape[1], -100):
-        return None
-    return eager.apply(eager.EagerLossFunction, x, target.long(), W1, b1, W2, b2, reduction)
+    try:
+        return eager.apply_loss(x, target.long(), W1, b1, W2, b2, reduction)
+    except IndexError:  # nll_loss: "Target 7 is out of bounds."
+        validation.check_class_indices(target, W2.shape[1], eager.IGNORE_INDEX)  # raises ValueError, naming the label
+        raise
 
 
 def _apply_network(

@@ -169,21 +169,24 @@ _nll_loss_forward = torch.ops.aten.nll_loss_forward.default  # -> (loss, total w
 _nll_loss_backward = torch.ops.aten.nll_loss_backward.default
 
 
-def nll_loss_and_total_weight(log_probs: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
-    """The loss, eq. (5), ``reduction`` "mean" or "sum", of class indices every row of which counts
-    (the range checked), and the count its mean divides by, for :func:`loss_grad_logits_fused`."""
-    return _nll_loss_forward(log_probs, target, None, _REDUCTION_ENUM[reduction], _NO_LABEL)  # (), ()
+def nll_loss_and_total_weight(
+    log_probs: Tensor, target: Tensor, reduction: str, ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """The loss, eq. (5), ``reduction`` "mean" or "sum", of class indices (rows labelled
+    ``ignore_index`` count for nothing), and the count its mean divides by (the rows that count),
+    for :func:`loss_grad_logits_fused`. nll_loss refuses a label outside [0, C) with an IndexError."""
+    return _nll_loss_forward(log_probs, target, None, _REDUCTION_ENUM[reduction], ignore_index)  # (), ()
 
 
 def loss_grad_logits_fused(
-    grad_loss: Tensor, log_probs: Tensor, target: Tensor, reduction: str, total_weight: Tensor
+    grad_loss: Tensor, log_probs: Tensor, target: Tensor, reduction: str, ignore_index: int, total_weight: Tensor
 ) -> Tensor:
     """delta2 = dL/dz2 (N, C), eq. (7), times the upstream gradient, for the loss of
     :func:`nll_loss_and_total_weight`: two ops with PyTorch's nll_loss and log_softmax backward
     kernels (autograd's own formulas for ``F.cross_entropy``), the upstream gradient applied first
     as autograd applies it; written out, eq. (7) takes four. Never where autograd records."""
     grad_log_probs = _nll_loss_backward(  # (N, C)  dL/dlog y_hat = -g y / N ("mean") or -g y ("sum")
-        grad_loss, log_probs, target, None, _REDUCTION_ENUM[reduction], _NO_LABEL, total_weight
+        grad_loss, log_probs, target, None, _REDUCTION_ENUM[reduction], ignore_index, total_weight
     )
     return torch._log_softmax_backward_data(grad_log_probs, log_probs, 1, log_probs.dtype)  # (N, C)  eq. (7)
 

@@ -89,16 +89,19 @@ def tracing(x: Tensor | None = None) -> bool:
     return torch._C._get_dispatch_mode(modes.PROXY) is not None or torch._C._get_dispatch_mode(modes.FAKE) is not None
 
 
-def plain_eager(x: Tensor) -> bool:
-    """True in plain eager mode for a CPU or CUDA x, autocast aside: no compile, export, make_fx,
-    ``torch.func`` transform, forward-mode AD level or dispatch mode (fake tensors, FlopCounterMode
-    and any other ``TorchDispatchMode``). There the lean Functions of ``eager.py`` may serve."""
+def plain_eager(x: object) -> bool:
+    """True in plain eager mode for a plain CPU or CUDA tensor x: no compile, export, make_fx,
+    ``torch.func`` transform, forward-mode AD level, dispatch mode (fake tensors, FlopCounterMode
+    and any other ``TorchDispatchMode``) or autocast for x's device. There the lean Functions of
+    ``eager.py`` may serve. One function, cheapest question first: it runs on every small call."""
     return (
-        not torch.compiler.is_compiling()
+        type(x) is Tensor
         and (x.is_cpu or x.is_cuda)
+        and not torch.compiler.is_compiling()
         and not torch._C._are_functorch_transforms_active()
         and forward_ad._current_level < 0
         and torch._C._len_torch_dispatch_stack() == 0
+        and not torch.is_autocast_enabled("cpu" if x.is_cpu else "cuda")
     )
 
 

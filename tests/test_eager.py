@@ -24,13 +24,18 @@ SIZES = [1, 5, 40]
 def taken(monkeypatch):
     """The lean Functions that served each call, in order."""
     calls: list[type] = []
-    original = eager.apply
+    network, loss = eager.apply_network, eager.apply_loss
 
-    def spy(function, *args):
+    def spy_network(function, *args):
         calls.append(function)
-        return original(function, *args)
+        return network(function, *args)
 
-    monkeypatch.setattr(eager, "apply", spy)
+    def spy_loss(*args):
+        calls.append(eager.EagerLossFunction)
+        return loss(*args)
+
+    monkeypatch.setattr(eager, "apply_network", spy_network)
+    monkeypatch.setattr(eager, "apply_loss", spy_loss)
     return calls
 
 
@@ -72,7 +77,6 @@ NOT_LEAN = {
     "ignore_index in use": lambda x, t, p: _loss(
         x, t.masked_fill(t == 0, 1).index_fill(0, torch.tensor([0]), 0), *p, ignore_index=0
     ),
-    "an ignored row": lambda x, t, p: _loss(x, t.index_fill(0, torch.tensor([0]), -100), *p),
     "probability target": lambda x, t, p: _loss(x, torch.softmax(torch.randn(len(t), 2, dtype=x.dtype), 1), *p),
     "autocast": lambda x, t, p: _under(
         torch.autocast("cpu", dtype=torch.bfloat16), functional.two_layer_net_logits, x, p
@@ -147,6 +151,63 @@ def test_lean_loss_of_int32_labels_matches_twin(taken):
         lambda x, *p: _loss(x, target.int(), *p), lambda x, *p: reference.loss(x, target, *p), [x, *params]
     )
     assert taken == [eager.EagerLossFunction]
+
+
+IGNORED = {"one row": [0], "two rows": [1, 3], "every row": [0, 1, 2, 3, 4]}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ignored", IGNORED)
+def test_lean_loss_leaves_out_rows_labelled_minus_100(taken, ignored, reduction):
+    """F.cross_entropy's default ignore_index: those rows count for nothing, and the mean divides
+    by the rows that count (every row ignored: NaN, F.cross_entropy's 0/0, and zero gradients)."""
+    x, target, params = make_problem(5, C=3)
+    target = target.index_fill(0, torch.tensor(IGNORED[ignored]), -100)
+    mine, mine_grads = value_and_grads(lambda x, *p: _loss(x, target, *p, reduction=reduction), [x, *params])
+    assert taken == [eager.EagerLossFunction]
+    twin, twin_grads = value_and_grads(lambda x, *p: reference.loss(x, target, *p, reduction=reduction), [x, *params])
+    torch.testing.assert_close(mine, twin, equal_nan=True)
+    for g, r in zip(mine_grads, twin_grads):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("label", [2, -1, -101], ids=["C", "minus one", "minus 101"])
+def test_lean_loss_refuses_a_label_out_of_range_and_changes_nothing(taken, label):
+    """nll_loss checks the range inside the lean forward; the error is the general path's ValueError,
+    naming the label, and neither a parameter nor a .grad has changed."""
+    x, target, params = make_problem(5, C=2)
+    leaves = [p.requires_grad_() for p in params]
+    _loss(x, target, *leaves).backward()
+    before = [(p.clone(), p.grad.clone()) for p in leaves]
+    with pytest.raises(ValueError, match=f"target holds class index {label} at position 3; "):
+        _loss(x, target.index_fill(0, torch.tensor([3]), label), *leaves)
+    assert taken == [eager.EagerLossFunction] * 2
+    for p, (value, grad) in zip(leaves, before):
+        assert torch.equal(p, value) and torch.equal(p.grad, grad)
+
+
+def test_lean_loss_recorded_backward_leaves_out_ignored_rows(taken):
+    """The general backward that create_graph takes: its gradients, and their gradients, as the twin's."""
+    x, target, params = make_problem(5, H=8)
+    target = target.index_fill(0, torch.tensor([1, 3]), -100)
+
+    def second_order(loss, leaves):
+        grads = torch.autograd.grad(loss(x, *leaves), leaves, create_graph=True)
+        return grads, torch.autograd.grad(sum(g.square().sum() for g in grads), leaves)
+
+    mine = second_order(lambda x, *p: _loss(x, target, *p), [p.detach().requires_grad_() for p in params])
+    assert taken == [eager.EagerLossFunction]
+    twin = second_order(lambda x, *p: reference.loss(x, target, *p), [p.detach().requires_grad_() for p in params])
+    for m, r in zip((*mine[0], *mine[1]), (*twin[0], *twin[1])):
+        torch.testing.assert_close(m, r)
+
+
+def test_lean_loss_batched_backward_leaves_out_ignored_rows(taken):
+    x, target, params = make_problem(5, H=8)
+    target = target.index_fill(0, torch.tensor([1, 3]), -100)
+    inputs = [t.detach().requires_grad_() for t in (x, *params)]
+    assert torch.autograd.gradcheck(lambda x, *p: _loss(x, target, *p), inputs, check_batched_grad=True)
+    assert taken and set(taken) == {eager.EagerLossFunction}
 
 
 @pytest.mark.parametrize("upstream", [float("inf"), float("nan")])
