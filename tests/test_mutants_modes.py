@@ -165,3 +165,19 @@ def test_prepare_loss_checks_again_when_any_tensor_differs(changed):
     other = [t.float() if i == changed else t for i, t in enumerate(tensors)]
     with pytest.raises(TypeError, match=r"dtype"):
         functional.two_layer_net_loss(*other)
+
+
+@pytest.mark.usefixtures("_fresh_check_cache")
+@pytest.mark.parametrize("entry", ["logits", "loss"])
+def test_an_x_accepted_under_autocast_is_checked_again_outside_it(entry):
+    """The cached decision is per autocast state: a bfloat16 x that autocast accepts is refused after it."""
+    x, indices, _, params = problem(N=4, H=5)
+    call = (
+        (lambda x: functional.two_layer_net_logits(x, *params))
+        if entry == "logits"
+        else (lambda x: functional.two_layer_net_loss(x, indices, *params))
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        call(x.bfloat16())
+    with pytest.raises(TypeError, match=r"dtype"):
+        call(x.bfloat16())
