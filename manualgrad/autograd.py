@@ -368,8 +368,8 @@ def apply_function(function: type[Function], *args):
 def apply_eager(function: type[Function], *args: object) -> Tensor:
     """``function.apply(*args)`` without its Python preamble, for plain eager mode (``apply_function``);
     a tensor left over from a finished ``torch.func`` transform is unwrapped, as ``Function.apply`` does."""
-    args = tuple(_unwrap_if_dead(a) if type(a) is Tensor else a for a in args)
+    args = tuple(unwrap_if_dead(a) if type(a) is Tensor else a for a in args)
     return super(Function, function).apply(*args)  # type: ignore[misc]
 
 
-_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+unwrap_if_dead = torch._C._functorch.unwrap_if_dead

@@ -13,7 +13,8 @@ in, with as few ops and lines as the formulas allow:
 * the loss's eq. (5) and (7) with PyTorch's nll_loss, its backward and the log-softmax backward
   (autograd's own formulas for ``F.cross_entropy``): one op for the loss, two for delta2; rows
   labelled -100 (F.cross_entropy's default ``ignore_index``) count for nothing, and nll_loss
-  refuses a label outside [0, C) as it reads them (``functional.py`` then says which, as every path);
+  refuses a label outside [0, C) as it reads them (``functional.py`` then names it, as the general
+  path does on the CPU);
 * :func:`apply_network` and :func:`apply_loss` call them without ``Function.apply``'s Python preamble.
 
 ``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
@@ -35,7 +36,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from . import modes
-from .autograd import loss_backward, network_backward
+from .autograd import loss_backward, network_backward, unwrap_if_dead
 from .kernels import (
     backward_from_logits,
     column_major,
@@ -159,7 +160,7 @@ class EagerLossFunction(Function):
         return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None
 
 
-_unwrap = torch._C._functorch.unwrap_if_dead  # a tensor left over from a finished torch.func transform
+_unwrap = unwrap_if_dead  # a tensor left over from a finished torch.func transform
 _RAW_APPLY: dict[type[Function], Callable[..., Tensor]] = {  # Function.apply without its preamble, looked up once
     function: super(Function, function).apply  # type: ignore[misc]
     for function in (EagerLogitsFunction, EagerProbsFunction, EagerLossFunction)

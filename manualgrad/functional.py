@@ -115,9 +115,10 @@ def _lean_loss(
         return None  # 16-bit parameters: the general path
     try:
         return eager.apply_loss(x, target.long(), W1, b1, W2, b2, reduction)
-    except IndexError:  # nll_loss: "Target 7 is out of bounds."
-        validation.check_class_indices(target, W2.shape[1], eager.IGNORE_INDEX)  # raises ValueError, naming the label
-        raise
+    except IndexError as error:  # nll_loss: "Target 7 is out of bounds."
+        refused = error
+    validation.check_class_indices(target, W2.shape[1], eager.IGNORE_INDEX)  # the general path's ValueError
+    raise refused
 
 
 def _apply_network(

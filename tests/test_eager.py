@@ -179,8 +179,9 @@ def test_lean_loss_refuses_a_label_out_of_range_and_changes_nothing(taken, label
     leaves = [p.requires_grad_() for p in params]
     _loss(x, target, *leaves).backward()
     before = [(p.clone(), p.grad.clone()) for p in leaves]
-    with pytest.raises(ValueError, match=f"target holds class index {label} at position 3; "):
+    with pytest.raises(ValueError, match=f"target holds class index {label} at position 3; ") as info:
         _loss(x, target.index_fill(0, torch.tensor([3]), label), *leaves)
+    assert info.value.__context__ is None, "nll_loss's IndexError shows in the traceback"
     assert taken == [eager.EagerLossFunction] * 2
     for p, (value, grad) in zip(leaves, before):
         assert torch.equal(p, value) and torch.equal(p.grad, grad)
@@ -389,6 +390,29 @@ def test_a_tensor_left_over_from_a_finished_transform_is_unwrapped(taken):
     assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])
     torch.testing.assert_close(functional.two_layer_net_logits(escaped[0], *params), reference.logits(x, *params))
     assert taken == [eager.EagerLogitsFunction]
+
+
+@pytest.mark.parametrize("N", [4, modes.CHUNKED_NETWORK_MIN_ROWS], ids=["lean", "general"])
+@pytest.mark.parametrize("name", ENTRIES)
+def test_parameters_left_over_from_a_finished_transform_get_their_gradients(name, N):
+    """Parameters that escaped torch.func.grad (dead wrappers) are unwrapped, as Function.apply does:
+    without that, the gradients would not reach the parameters themselves."""
+    x, target, params = make_problem(N, H=8)
+    leaves = [p.requires_grad_() for p in params]
+    escaped = []
+
+    def keep(*params):
+        escaped.extend(params)
+        return _entry(name, target)(x, *params).sum()
+
+    torch.func.grad(keep, argnums=(0, 1, 2, 3))(*leaves)
+    assert all(torch._C._functorch.is_functorch_wrapped_tensor(p) for p in escaped)
+    _entry(name, target)(x, *escaped).sum().backward()
+    twin = [p.detach().requires_grad_() for p in params]
+    twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
+    twin_entry(x, *twin).sum().backward()
+    for mine, theirs in zip(leaves, twin):
+        torch.testing.assert_close(mine.grad, theirs.grad)
 
 
 @pytest.mark.parametrize("name", ENTRIES)
