@@ -111,8 +111,8 @@ def _lean_loss(
     if type(target) is not Tensor or not _lean(x, modes.PRECOMPUTE_MIN_ROWS) or not modes.default_loss_strategy():
         return None
     x, target, _ = boundary.prepare_loss(x, target, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
-    if not x.is_cpu or W1.dtype not in _WIDE or target.is_floating_point():
-        return None  # 16-bit parameters: the general path
+    if not x.is_cpu or W1.dtype not in _WIDE or target.is_floating_point() or target.dtype == torch.uint64:
+        return None  # 16-bit parameters; uint64 labels, which .long() could wrap onto -100: the general path
     try:
         return eager.apply_loss(x, target.long(), W1, b1, W2, b2, reduction)
     except IndexError as error:  # nll_loss: "Target 7 is out of bounds."

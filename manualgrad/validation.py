@@ -207,7 +207,10 @@ def check_class_indices(target: Tensor, C: int, ignore_index: int) -> bool:
         lowest, highest = (int(bound) for bound in torch.aminmax(flat))
         if lowest >= 0 and highest < C:
             return not (ignore_in_range and bool((flat == ignore_index).any()))
-    outside = ((flat < 0) | (flat >= C)) & (flat != ignore_index)
+    counts = flat != ignore_index
+    if target.dtype == torch.uint64:  # .long() wrapped labels from 2**63 to negative values: never ignore_index
+        counts |= flat < 0
+    outside = ((flat < 0) | (flat >= C)) & counts
     if not bool(outside.any()):
         return False  # every label outside [0, C) is ignore_index
     position = int(outside.nonzero()[0, 0])

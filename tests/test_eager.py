@@ -187,6 +187,15 @@ def test_lean_loss_refuses_a_label_out_of_range_and_changes_nothing(taken, label
         assert torch.equal(p, value) and torch.equal(p.grad, grad)
 
 
+def test_a_uint64_label_that_wraps_onto_minus_100_is_refused(taken):
+    """.long() maps 2**64 - 100 onto -100, which nll_loss would ignore: uint64 labels take the general path."""
+    x, target, params = make_problem(4, C=3)
+    big = torch.tensor([0, 1, 2**64 - 100, 2], dtype=torch.uint64)
+    with pytest.raises(ValueError, match=f"target holds class index {2**64 - 100} at position 2; "):
+        _loss(x, big, *params)
+    assert taken == []
+
+
 def test_lean_loss_recorded_backward_leaves_out_ignored_rows(taken):
     """The general backward that create_graph takes: its gradients, and their gradients, as the twin's."""
     x, target, params = make_problem(5, H=8)

@@ -88,6 +88,9 @@ def test_uint64_labels_are_reported_as_given(n):
         validation.check_class_indices(labels([1] * (n - 1) + [big], n, torch.uint64), 3, -100)
     with pytest.raises(ValueError, match="^" + _refusal(2**64 - 1, 0, 3, -100) + "$"):
         validation.check_class_indices(labels([2**64 - 1], n, torch.uint64), 3, -100)
+    # a label that .long() wraps onto ignore_index is no ignored row: refused, as given
+    with pytest.raises(ValueError, match="^" + _refusal(2**64 - 100, n - 1, 3, -100) + "$"):
+        validation.check_class_indices(labels([1] * (n - 1) + [2**64 - 100], n, torch.uint64), 3, -100)
     # a label of 0 outside [0, C) (C = 0) is not wrapped: reported as 0
     with pytest.raises(ValueError, match="^" + _refusal(0, 0, 0, -100) + "$"):
         validation.check_class_indices(labels([0], n, torch.uint64), 0, -100)
