@@ -220,7 +220,7 @@ def two_layer_net_loss(
     ``label_smoothing``, the target becomes an effective target q and dL/dz2 = (y_hat sum_c q - q) / d,
     eq. (7') of docs/derivation.md. In eager mode, from ``modes.PRECOMPUTE_MIN_ROWS`` rows, the
     gradients are computed during the forward, in chunks of rows (see :func:`loss_gradients_in_forward`);
-    below, plain eager calls with the default options and class indices every row of which counts
+    below, plain eager calls with the default options and CPU class indices (rows labelled -100 left out)
     take ``eager.py``'s lean Function.
 
     Args:
