@@ -365,11 +365,11 @@ def apply_function(function: type[Function], *args):
     return function.apply(*args) if modes.tracing() else apply_eager(function, *args)
 
 
+unwrap_if_dead = torch._C._functorch.unwrap_if_dead  # a tensor left over from a finished torch.func transform
+
+
 def apply_eager(function: type[Function], *args: object) -> Tensor:
     """``function.apply(*args)`` without its Python preamble, for plain eager mode (``apply_function``);
     a tensor left over from a finished ``torch.func`` transform is unwrapped, as ``Function.apply`` does."""
     args = tuple(unwrap_if_dead(a) if type(a) is Tensor else a for a in args)
     return super(Function, function).apply(*args)  # type: ignore[misc]
-
-
-unwrap_if_dead = torch._C._functorch.unwrap_if_dead

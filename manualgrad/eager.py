@@ -160,7 +160,6 @@ class EagerLossFunction(Function):
         return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None
 
 
-_unwrap = unwrap_if_dead  # a tensor left over from a finished torch.func transform
 _RAW_APPLY: dict[type[Function], Callable[..., Tensor]] = {  # Function.apply without its preamble, looked up once
     function: super(Function, function).apply  # type: ignore[misc]
     for function in (EagerLogitsFunction, EagerProbsFunction, EagerLossFunction)
@@ -171,10 +170,20 @@ def apply_network(function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, W
     """``function.apply(x, W1, b1, W2, b2)`` for ``EagerLogitsFunction`` or ``EagerProbsFunction``, in
     plain eager mode: without ``Function.apply``'s Python preamble, which at a few rows costs as much
     as an op; a tensor left over from a finished ``torch.func`` transform is unwrapped, as it does."""
-    return _RAW_APPLY[function](_unwrap(x), _unwrap(W1), _unwrap(b1), _unwrap(W2), _unwrap(b2))
+    return _RAW_APPLY[function](
+        unwrap_if_dead(x), unwrap_if_dead(W1), unwrap_if_dead(b1), unwrap_if_dead(W2), unwrap_if_dead(b2)
+    )
 
 
 def apply_loss(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str) -> Tensor:
     """``EagerLossFunction.apply(...)`` in plain eager mode, as :func:`apply_network`."""
     apply = _RAW_APPLY[EagerLossFunction]
-    return apply(_unwrap(x), _unwrap(target), _unwrap(W1), _unwrap(b1), _unwrap(W2), _unwrap(b2), reduction)
+    return apply(
+        unwrap_if_dead(x),
+        unwrap_if_dead(target),
+        unwrap_if_dead(W1),
+        unwrap_if_dead(b1),
+        unwrap_if_dead(W2),
+        unwrap_if_dead(b2),
+        reduction,
+    )
