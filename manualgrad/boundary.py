@@ -4,10 +4,13 @@ The checks read only metadata (kind, dtype, device, layout, shape), except the c
 target. Metadata that passed once passes again: in plain eager mode the checks run once per
 combination of the tensors' metadata and the autocast state (at most ``_MAX_CHECKED`` kept), then a
 dict lookup stands in for them. The class range needs the values: ``functional.py`` checks it on
-every call.
+every call. Beside each combination that passed, the lookup keeps what the lean Functions of
+``eager.py`` do with such tensors (``modes.EagerPlan``), which also depends on metadata only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -17,7 +20,7 @@ from .modes import autocast_enabled
 
 _MAX_CHECKED = 256
 _Key = tuple[object, ...]
-_checked: dict[_Key, bool] = {}
+_checked: dict[_Key, modes.EagerPlan] = {}
 
 
 def _metadata(tag: object, *tensors: object) -> _Key | None:
@@ -25,6 +28,11 @@ def _metadata(tag: object, *tensors: object) -> _Key | None:
     and hash than a tuple per tensor), or None where it must not be cached."""
     if torch.compiler.is_compiling():  # traced: the checks cost nothing at run time
         return None
+    return _eager_metadata(tag, *tensors)
+
+
+def _eager_metadata(tag: object, *tensors: object) -> _Key | None:
+    """:func:`_metadata` for a caller that knows it runs in plain eager mode."""
     key: list[object] = [tag]
     try:
         for t in tensors:
@@ -41,12 +49,16 @@ def _seen(key: _Key | None) -> bool:
         return False
 
 
-def _remember(key: _Key | None) -> None:
-    if key is not None and len(_checked) < _MAX_CHECKED:
-        try:
-            _checked[key] = True
-        except TypeError:  # symbolic sizes
-            pass
+def _remember(key: _Key | None, plan: Callable[[], modes.EagerPlan]) -> None:
+    """Keep ``plan()`` for ``key``; ``plan`` is called only where the key is kept, never on symbolic
+    sizes (its comparisons of N would become guards)."""
+    if key is None or len(_checked) >= _MAX_CHECKED:
+        return
+    try:
+        hash(key)
+    except TypeError:  # symbolic sizes (make_fx, export)
+        return
+    _checked[key] = plan()
 
 
 def _autocast(x: object) -> bool:
@@ -67,8 +79,20 @@ def prepare_network(
     if _seen(key):
         return x, autocast  # type: ignore[return-value]
     x = _check_network(x, W1, b1, W2, b2, autocast)
-    _remember(key)
+    _remember(key, lambda: modes.eager_network_plan(x, W1, W2))
     return x, autocast
+
+
+def network_plan(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> modes.EagerPlan:
+    """For plain eager mode (``modes.plain_eager``: autocast off, not traced): the checks of
+    :func:`prepare_network`, once per combination of metadata, and what the lean Functions do with
+    such tensors (``modes.eager_network_plan``)."""
+    key = _eager_metadata(False, x, W1, b1, W2, b2)
+    plan = _checked.get(key)  # type: ignore[arg-type]
+    if plan is None:  # not seen: check, and keep the plan with the decision
+        x, _ = prepare_network(x, W1, b1, W2, b2, autocast=False)
+        plan = _checked.get(key) or modes.eager_network_plan(x, W1, W2)  # type: ignore[arg-type]  # (not kept: the cache is full)
+    return plan
 
 
 def prepare_loss(
@@ -83,5 +107,17 @@ def prepare_loss(
         return x, target, autocast  # type: ignore[return-value]
     x = _check_network(x, W1, b1, W2, b2, autocast)
     target = validation.check_target(target, x, W1, W2, autocast=autocast, check_values=False)
-    _remember(key)
+    _remember(key, lambda: modes.eager_loss_plan(x, target, W1, W2))
     return x, target, autocast
+
+
+def loss_plan(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> modes.EagerPlan:
+    """For plain eager mode (``modes.plain_eager``: autocast off, not traced): the checks of
+    :func:`prepare_loss`, once per combination of metadata, and what the lean loss does with such
+    tensors (``modes.eager_loss_plan``)."""
+    key = _eager_metadata(False, x, target, W1, b1, W2, b2)
+    plan = _checked.get(key)  # type: ignore[arg-type]
+    if plan is None:  # not seen: check, and keep the plan with the decision
+        x, target, _ = prepare_loss(x, target, W1, b1, W2, b2, autocast=False)
+        plan = _checked.get(key) or modes.eager_loss_plan(x, target, W1, W2)  # type: ignore[arg-type]  # (not kept: the cache is full)
+    return plan

@@ -44,9 +44,9 @@ from .kernels import (
     hidden_activation_fast,
     loss_grad_logits_fused,
     nll_loss_and_total_weight,
-    output_logits,
     softmax_vjp_fused,
 )
+from .modes import EagerPlan
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: rows with this label count for nothing
 
@@ -62,61 +62,61 @@ def _general(
 
 def _fast_backward(grad: Tensor, x: Tensor) -> bool:
     """Whether the first-order formulas may run as they are: not recorded, a plain upstream gradient
-    and autocast off (a ``loss.backward()`` inside an autocast region would cast the matmuls)."""
-    return not (torch.is_grad_enabled() or modes.is_batched(grad) or torch.is_autocast_enabled(modes.device_type(x)))
-
-
-def _hidden(x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
-    sigmoid_form = modes.sigmoid_tanh_pays_eager(x, W1.shape[1])
-    return hidden_activation_fast(x, W1, b1, sigmoid_form=sigmoid_form, in_place=True)  # (N, H)  eq. (1), (2)
-
-
-def _logits(a1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
-    W2_layout = column_major(W2) if modes.column_major_pays_eager(W2, a1.shape[0]) else W2  # (H, C)
-    return output_logits(a1, W2_layout, b2)  # (N, C)  eq. (3)
-
-
-def _backward_from_logits(grad_z2, x, W1, W2, a1, needs) -> tuple[Tensor | None, ...]:
-    """eq. (10)-(18), first order; dW2 in W2's own layout below ``modes.COLUMN_MAJOR_MIN_ROWS`` rows."""
-    transposed = modes.column_major_pays_eager(W2, x.shape[0])
-    return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed)
+    (not vmap-batched, ``modes.is_batched``) and autocast off (a ``loss.backward()`` inside an
+    autocast region would cast the matmuls). One function: it runs on every lean backward."""
+    if torch.is_grad_enabled() or type(grad) is not Tensor:
+        return False
+    functorch = torch._C._functorch
+    if functorch.is_legacy_batchedtensor(grad) or functorch.is_batchedtensor(grad):
+        return False
+    return not torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type)
 
 
 class EagerLogitsFunction(Function):
-    """z2 = tanh(x W1 + b1) W2 + b2, eq. (1)-(3); backward eq. (10)-(18)."""
+    """z2 = tanh(x W1 + b1) W2 + b2, eq. (1)-(3); backward eq. (10)-(18). ``plan``: ``modes.EagerPlan``."""
 
     @staticmethod
-    def forward(ctx, x, W1, b1, W2, b2):
-        a1 = _hidden(x, W1, b1)  # (N, H)  eq. (1), (2)
+    def forward(ctx, x, W1, b1, W2, b2, plan):
+        a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
+        ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, a1)
-        return _logits(a1, W2, b2)  # (N, C)  eq. (3)
+        W2_layout = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
+        return torch.addmm(b2, a1, W2_layout)  # (N, C)  eq. (3)
 
     @staticmethod
     def backward(ctx, grad_z2):
         x, W1, b1, W2, a1 = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:5]
         if not _fast_backward(grad_z2, x):
-            return _general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, ctx.needs_input_grad)
-        return _backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad)
+            return *_general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, needs), None
+        transposed = ctx.plan.column_major_W2  # eq. (14) as (delta2^T a1)^T, else in W2's own layout
+        grads = backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed)
+        return *grads, None  # eq. (10)-(18)
 
 
 class EagerProbsFunction(Function):
     """y_hat = softmax(z2), eq. (1)-(4); backward eq. (6), then eq. (10)-(18)."""
 
     @staticmethod
-    def forward(ctx, x, W1, b1, W2, b2):
-        a1 = _hidden(x, W1, b1)  # (N, H)  eq. (1), (2)
-        y_hat = torch.softmax(_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
+    def forward(ctx, x, W1, b1, W2, b2, plan):
+        a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
+        W2_layout = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
+        y_hat = torch.softmax(torch.addmm(b2, a1, W2_layout), 1)  # (N, C)  eq. (3), (4)
+        ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
         return y_hat
 
     @staticmethod
     def backward(ctx, grad_y_hat):
         x, W1, b1, W2, b2, a1, y_hat = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:5]
         if not _fast_backward(grad_y_hat, x):
-            needs = ctx.needs_input_grad
-            return _general(partial(network_backward, grad_y_hat), x, W1, b1, W2, a1, needs, b2=b2, y_hat=y_hat)
+            general = partial(network_backward, grad_y_hat, b2=b2, y_hat=y_hat)
+            return *_general(general, x, W1, b1, W2, a1, needs), None
         grad_z2 = softmax_vjp_fused(grad_y_hat, y_hat)  # (N, C)  eq. (6)
-        return _backward_from_logits(grad_z2, x, W1, W2, a1, ctx.needs_input_grad)
+        transposed = ctx.plan.column_major_W2  # eq. (14) as (delta2^T a1)^T, else in W2's own layout
+        grads = backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed)
+        return *grads, None  # eq. (10)-(18)
 
 
 def _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, reduction, needs, residuals):
@@ -135,11 +135,12 @@ class EagerLossFunction(Function):
     in low precision overflows and underflows as autograd's does)."""
 
     @staticmethod
-    def forward(ctx, x, target, W1, b1, W2, b2, reduction):
-        a1 = _hidden(x, W1, b1)  # (N, H)  eq. (1), (2)
-        log_probs = torch.log_softmax(_logits(a1, W2, b2), 1)  # (N, C)  eq. (3), (4)
+    def forward(ctx, x, target, W1, b1, W2, b2, reduction, plan):
+        a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
+        W2_layout = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
+        log_probs = torch.log_softmax(torch.addmm(b2, a1, W2_layout), 1)  # (N, C)  eq. (3), (4)
         loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction, IGNORE_INDEX)  # (), ()  eq. (5)
-        ctx.reduction = reduction
+        ctx.reduction, ctx.plan = reduction, plan
         ctx.save_for_backward(x, target, W1, b1, W2, b2, a1, log_probs, total_weight)
         return loss
 
@@ -150,14 +151,15 @@ class EagerLossFunction(Function):
         if not _fast_backward(grad_loss, x):  # from a1 and log y_hat; recomputed and recorded if create_graph
             residuals = (a1, log_probs)
             grads = _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, ctx.reduction, needs, residuals)
-            return (*grads, None)
+            return *grads, None, None
         delta2 = loss_grad_logits_fused(  # (N, C)  eq. (7)
             grad_loss, log_probs, target, ctx.reduction, IGNORE_INDEX, total_weight
         )
-        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _backward_from_logits(
-            delta2, x, W1, W2, a1, (needs[0], *needs[2:6])
-        )  # eq. (10)-(18)
-        return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None
+        transposed = ctx.plan.column_major_W2  # eq. (14) as (delta2^T a1)^T, else in W2's own layout
+        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = backward_from_logits(  # eq. (10)-(18)
+            delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), in_place=True, transposed_W2_product=transposed
+        )
+        return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None, None
 
 
 _RAW_APPLY: dict[type[Function], Callable[..., Tensor]] = {  # Function.apply without its preamble, looked up once
@@ -166,17 +168,23 @@ _RAW_APPLY: dict[type[Function], Callable[..., Tensor]] = {  # Function.apply wi
 }
 
 
-def apply_network(function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
-    """``function.apply(x, W1, b1, W2, b2)`` for ``EagerLogitsFunction`` or ``EagerProbsFunction``, in
-    plain eager mode: without ``Function.apply``'s Python preamble, which at a few rows costs as much
-    as an op; a tensor left over from a finished ``torch.func`` transform is unwrapped, as it does."""
+def apply_network(
+    function: type[Function], x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, plan: EagerPlan
+) -> Tensor:
+    """``function.apply(x, W1, b1, W2, b2, plan)`` for ``EagerLogitsFunction`` or ``EagerProbsFunction``,
+    in plain eager mode: without ``Function.apply``'s Python preamble, which at a few rows costs as
+    much as an op; a tensor left over from a finished ``torch.func`` transform is unwrapped, as it
+    does. ``plan``: ``modes.eager_network_plan`` of these tensors."""
     return _RAW_APPLY[function](
-        unwrap_if_dead(x), unwrap_if_dead(W1), unwrap_if_dead(b1), unwrap_if_dead(W2), unwrap_if_dead(b2)
+        unwrap_if_dead(x), unwrap_if_dead(W1), unwrap_if_dead(b1), unwrap_if_dead(W2), unwrap_if_dead(b2), plan
     )
 
 
-def apply_loss(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str) -> Tensor:
-    """``EagerLossFunction.apply(...)`` in plain eager mode, as :func:`apply_network`."""
+def apply_loss(
+    x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str, plan: EagerPlan
+) -> Tensor:
+    """``EagerLossFunction.apply(...)`` in plain eager mode, as :func:`apply_network`; ``plan``:
+    ``modes.eager_loss_plan`` of these tensors."""
     apply = _RAW_APPLY[EagerLossFunction]
     return apply(
         unwrap_if_dead(x),
@@ -186,4 +194,5 @@ def apply_loss(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2
         unwrap_if_dead(W2),
         unwrap_if_dead(b2),
         reduction,
+        plan,
     )

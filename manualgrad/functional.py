@@ -74,22 +74,17 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
     return without_jvp if torch.compiler.is_compiling() else with_jvp
 
 
-def _lean(x: object, below_rows: int) -> bool:
-    """Whether the lean Functions of ``eager.py`` may serve this call: plain eager mode, autocast off,
-    a plain tensor x (N, D) of 1 to ``below_rows - 1`` rows (from there the chunked paths pay)."""
-    return modes.plain_eager(x) and x.dim() == 2 and 0 < x.shape[0] < below_rows  # type: ignore[attr-defined]
-
-
 def _lean_network(function: type[Function], x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor | None:
-    """The network's output through a lean Function of ``eager.py``, or None where those do not serve."""
-    if not _lean(x, modes.CHUNKED_NETWORK_MIN_ROWS):
+    """The network's output through a lean Function of ``eager.py``, or None where those do not serve
+    (``modes.eager_network_plan``): in plain eager mode (``modes.plain_eager``), from a plan
+    decided with the boundary checks, once per combination of metadata."""
+    if not modes.plain_eager(x):
         return None
-    boundary.prepare_network(x, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
-    return eager.apply_network(function, cast(Tensor, x), W1, b1, W2, b2)
+    plan = boundary.network_plan(cast(Tensor, x), W1, b1, W2, b2)
+    return eager.apply_network(function, cast(Tensor, x), W1, b1, W2, b2, plan) if plan.lean else None
 
 
 _SCALAR_REDUCTIONS = ("mean", "sum")
-_WIDE = (torch.float32, torch.float64)
 
 
 def _lean_loss(
@@ -103,18 +98,20 @@ def _lean_loss(
     options: tuple[object, object, object],
 ) -> Tensor | None:
     """The loss through ``eager.py``'s lean Function, or None where it does not serve: it takes the
-    default options, a scalar reduction, float32 or float64 parameters and CPU class indices, under
-    the default loss strategy. nll_loss checks the labels' range as it reads them; for a label
-    outside [0, C), ``validation.check_class_indices`` then says which, as on the general path."""
+    default options and a scalar reduction, under the default loss strategy, in plain eager mode,
+    for the tensors ``modes.eager_loss_plan`` says (CPU, float32 or float64, class indices, few
+    rows). nll_loss checks the labels' range as it reads them; for a label outside [0, C),
+    ``validation.check_class_indices`` then says which, as on the general path."""
     if not (validation.default_loss_options(*options) and reduction in _SCALAR_REDUCTIONS):
         return None  # look-alikes of the defaults (-100.0, a tensor 0) are refused by the general path
-    if type(target) is not Tensor or not _lean(x, modes.PRECOMPUTE_MIN_ROWS) or not modes.default_loss_strategy():
+    if type(target) is not Tensor or not modes.plain_eager(x) or not modes.default_loss_strategy():
         return None
-    x, target, _ = boundary.prepare_loss(x, target, W1, b1, W2, b2, autocast=False)  # the boundary checks, cached
-    if not x.is_cpu or W1.dtype not in _WIDE or target.is_floating_point() or target.dtype == torch.uint64:
-        return None  # 16-bit parameters; uint64 labels, which .long() could wrap onto -100: the general path
+    plan = boundary.loss_plan(cast(Tensor, x), target, W1, b1, W2, b2)  # the boundary checks, cached with the plan
+    if not plan.lean:
+        return None
     try:
-        return eager.apply_loss(x, target.long(), W1, b1, W2, b2, reduction)
+        labels = target if target.dtype == torch.int64 else target.long()  # (N,)  .long(): an op even on int64
+        return eager.apply_loss(cast(Tensor, x), labels, W1, b1, W2, b2, reduction, plan)
     except IndexError as error:  # nll_loss: "Target 7 is out of bounds."
         refused = error
     validation.check_class_indices(target, W2.shape[1], eager.IGNORE_INDEX)  # the general path's ValueError

@@ -265,23 +265,23 @@ def backward_from_logits(
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
     if need_W2 and transposed_W2_product:
-        grad_W2 = (grad_z2.t() @ a1).t()  # (H, C)  eq. (14), as (delta2^T a1)^T: a faster BLAS kernel
+        grad_W2 = torch.mm(grad_z2.t(), a1).t()  # (H, C)  eq. (14), as (delta2^T a1)^T: a faster BLAS kernel
     elif need_W2:
-        grad_W2 = a1.t() @ grad_z2  # (H, C)  eq. (14)
+        grad_W2 = torch.mm(a1.t(), grad_z2)  # (H, C)  eq. (14)
     if need_b2:
         grad_b2 = grad_z2.sum(0)  # (C,)  eq. (15)
     if need_x or need_W1 or need_b1:
-        grad_a1 = grad_z2 @ W2.t()  # (N, H)  eq. (10)
+        grad_a1 = torch.mm(grad_z2, W2.t())  # (N, H)  eq. (10)
         if in_place:
             grad_z1 = _tanh_backward(grad_a1, a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2), one op
         else:
             grad_z1 = grad_a1 - grad_a1 * (a1 * a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
         if need_W1:
-            grad_W1 = x.t() @ grad_z1  # (D, H)  eq. (16)
+            grad_W1 = torch.mm(x.t(), grad_z1)  # (D, H)  eq. (16)
         if need_b1:
             grad_b1 = grad_z1.sum(0)  # (H,)  eq. (17)
         if need_x:
-            grad_x = grad_z1 @ W1.t()  # (N, D)  eq. (18)
+            grad_x = torch.mm(grad_z1, W1.t())  # (N, D)  eq. (18)
     return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
 
 

@@ -97,7 +97,7 @@ def plain_eager(x: object) -> bool:
     return (
         type(x) is Tensor
         and (x.is_cpu or x.is_cuda)
-        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_dynamo_compiling()  # export and make_fx: fake x, a dispatch mode
         and not torch._C._are_functorch_transforms_active()
         and forward_ad._current_level < 0
         and torch._C._len_torch_dispatch_stack() == 0
@@ -144,6 +144,37 @@ def column_major_pays(W2: Tensor, rows: int) -> bool:
 def column_major_pays_eager(W2: Tensor, rows: int) -> bool:
     """:func:`column_major_pays` for a caller that knows it runs in plain eager mode."""
     return W2.is_cpu and rows >= COLUMN_MAJOR_MIN_ROWS
+
+
+class EagerPlan(NamedTuple):
+    """What the lean Functions of ``eager.py`` do for one combination of metadata (kinds, dtypes,
+    devices, layouts, shapes): decided with the boundary checks, once per combination
+    (``boundary.py``), instead of on every call, where each question costs as much as an op."""
+
+    lean: bool  # whether they serve these tensors at all
+    sigmoid_form: bool  # eq. (2) as 2 sigmoid(2 z1) - 1 (:func:`sigmoid_tanh_pays_eager`)
+    column_major_W2: bool  # a1 W2 with W2 column-major, eq. (14) as (delta2^T a1)^T (:func:`column_major_pays_eager`)
+
+
+def eager_network_plan(x: Tensor, W1: Tensor, W2: Tensor) -> EagerPlan:
+    """The plan of the lean probs and logits, for checked tensors in plain eager mode: they serve x
+    (N, D) of 1 to ``CHUNKED_NETWORK_MIN_ROWS - 1`` rows (from there the chunked paths pay)."""
+    return _eager_plan(x.dim() == 2 and 0 < x.shape[0] < CHUNKED_NETWORK_MIN_ROWS, x, W1, W2)
+
+
+def eager_loss_plan(x: Tensor, target: Tensor, W1: Tensor, W2: Tensor) -> EagerPlan:
+    """The plan of the lean loss, for checked tensors in plain eager mode: it serves CPU float32 or
+    float64 tensors, x (N, D) of 1 to ``PRECOMPUTE_MIN_ROWS - 1`` rows, and integer class indices
+    other than uint64 (which ``.long()`` could wrap onto the ignore index -100)."""
+    rows = x.dim() == 2 and 0 < x.shape[0] < PRECOMPUTE_MIN_ROWS
+    labels = not target.is_floating_point() and target.dtype != torch.uint64
+    return _eager_plan(rows and labels and x.is_cpu and W1.dtype in (torch.float32, torch.float64), x, W1, W2)
+
+
+def _eager_plan(lean: bool, x: Tensor, W1: Tensor, W2: Tensor) -> EagerPlan:
+    if not lean:
+        return EagerPlan(False, False, False)
+    return EagerPlan(True, sigmoid_tanh_pays_eager(x, W1.shape[1]), column_major_pays_eager(W2, x.shape[0]))
 
 
 def network_chunk_rows(device: torch.device) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manualgrad import functional
+from manualgrad import boundary, functional
 
 DEVICES = [
     "cpu",
@@ -25,6 +25,15 @@ LOSS_STRATEGIES = ["gradients-in-backward", "gradients-in-forward"]
 def loss_strategy(name: str):
     """A context in which the loss follows one of LOSS_STRATEGIES at every N."""
     return functional.loss_gradients_in_forward(name == "gradients-in-forward")
+
+
+@pytest.fixture(autouse=True)
+def fresh_boundary_cache():
+    """Each test starts with no boundary decision cached: the plans kept with them read the size
+    thresholds of ``modes`` once per combination of metadata, and tests patch those thresholds."""
+    boundary._checked.clear()
+    yield
+    boundary._checked.clear()
 
 
 @pytest.fixture(params=LOSS_STRATEGIES)

@@ -252,8 +252,8 @@ def test_a_retained_graph_gives_new_gradient_tensors_each_time(taken):
 
 def test_the_loss_backward_computes_gradients_only_for_inputs_that_require_them(monkeypatch):
     seen = []
-    original = eager._backward_from_logits
-    monkeypatch.setattr(eager, "_backward_from_logits", lambda *a: seen.append(a[-1]) or original(*a))
+    original = eager.backward_from_logits
+    monkeypatch.setattr(eager, "backward_from_logits", lambda *a, **k: seen.append(a[5]) or original(*a, **k))
     x, target, (W1, b1, W2, b2) = make_problem(4)
     W1.requires_grad_()
     b2.requires_grad_()
@@ -437,3 +437,25 @@ def test_a_plain_backward_stays_on_the_lean_formulas(monkeypatch, name):
     assert handed_over == []
     torch.autograd.grad(_entry(name, target)(x, *leaves).sum(), leaves, create_graph=True)
     assert handed_over == [1]
+
+
+class _MarkedTensor(torch.Tensor):
+    """A tensor subclass, as wrapper tensors (and tensor-like gradients) are."""
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_a_subclass_upstream_gradient_takes_the_general_formulas(monkeypatch, name):
+    """The first-order formulas write in place and through out=: an upstream gradient that is not a
+    plain tensor goes to the general formulas, which do neither, and gets the twin's gradients."""
+    handed_over = []
+    original = eager._general
+    monkeypatch.setattr(eager, "_general", lambda *a, **k: handed_over.append(1) or original(*a, **k))
+    x, target, params = make_problem(5, H=8)
+    leaves = [p.requires_grad_() for p in params]
+    out = _entry(name, target)(x, *leaves)
+    upstream = torch.full_like(out, 0.5).as_subclass(_MarkedTensor)
+    grads = torch.autograd.grad(out, leaves, upstream)
+    assert handed_over == [1]
+    twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
+    expected = torch.autograd.grad(twin_entry(x, *leaves), leaves, torch.full_like(out, 0.5))
+    torch.testing.assert_close([torch.Tensor(g) for g in grads], list(expected))

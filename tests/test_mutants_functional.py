@@ -156,6 +156,26 @@ def test_autocast_takes_a_weight_of_another_floating_dtype():
         functional.two_layer_net_loss(x, indices, *params, weight=weight)
 
 
+@pytest.mark.parametrize("entry", ["logits", "loss"])
+def test_no_eager_plan_is_made_for_symbolic_sizes(monkeypatch, entry):
+    """The lean paths' plan compares N: under make_fx(symbolic) it would become a guard, so none is made."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    made = []
+    for name in ("eager_network_plan", "eager_loss_plan"):
+        original = getattr(modes, name)
+        monkeypatch.setattr(modes, name, lambda *a, original=original: made.append(a) or original(*a))
+    x, target, _, params = problem(N=4, H=5)
+    if entry == "logits":
+        make_fx(functional.two_layer_net_logits, tracing_mode="symbolic")(x, *params)
+    else:
+        make_fx(lambda *args: functional.two_layer_net_loss(*args), tracing_mode="symbolic")(x, target, *params)
+    assert made == []
+    eager_call = functional.two_layer_net_logits if entry == "logits" else functional.two_layer_net_loss
+    eager_call(x, *params) if entry == "logits" else eager_call(x, target, *params)
+    assert len(made) == 1  # plain eager: made once, with the checks
+
+
 def test_symbolic_sizes_are_checked_on_every_call():
     """Under make_fx(symbolic) the metadata cannot be hashed: the checks run, a bad x is refused by name."""
     from torch.fx.experimental.proxy_tensor import make_fx

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_problem
 
-from manualgrad import boundary, functional
+from manualgrad import boundary, functional, reference
 
 
 @pytest.fixture
@@ -57,6 +57,16 @@ def test_the_cache_is_bounded(monkeypatch):
     for N in range(1, 8):
         x, _, params = make_problem(N, D=3, H=8, C=4)
         functional.two_layer_net_logits(x, *params)
+    assert len(boundary._checked) == 3
+    # past the bound, each call is checked and planned anew, and still right (lean path, N=6 not kept)
+    x, target, params = make_problem(6, D=3, H=8, C=4)
+    leaves = [p.requires_grad_() for p in params]
+    pairs = ((functional.two_layer_net_logits, reference.logits), (functional.two_layer_net_loss, reference.loss))
+    for manual, twin in pairs:
+        args = (x, *leaves) if twin is reference.logits else (x, target, *leaves)
+        out, expected = manual(*args), twin(*args)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), leaves), torch.autograd.grad(expected.sum(), leaves))
     assert len(boundary._checked) == 3
 
 

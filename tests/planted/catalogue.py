@@ -67,7 +67,8 @@ EAGER_LOSS_SCALED = E + "test_lean_loss_matches_twin[-2.5-mean-5-dtype0]"
 EAGER_AUTOCAST = E + "test_backward_inside_autocast_computes_in_the_parameters_dtype[{}]"
 EAGER_DOUBLE = E + "test_double_backward_of_the_lean_functions[{}]"
 EAGER_LAYOUT = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[1-False]"
-EAGER = "manualgrad/eager.py"
+EAGER_LAYOUT_FROM_16 = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[16-True]"
+EAGER, MODES = "manualgrad/eager.py", "manualgrad/modes.py"
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
 TANGENTS, CHUNKED = "manualgrad/tangents.py", "manualgrad/chunked.py"
 KEPT_A1 = "tests/test_chunked_network.py::test_a_kept_a1_gives_what_recomputing_gives[{}]"
@@ -157,15 +158,15 @@ CATALOGUE = [
         (K + "test_loss_probability_target_gradient_matches_twin[7-5-sum]",)),
     # --- z2 where W2 belongs, eq. (10); W1 for W1^T, eq. (18); a matrix product for elementwise --
     Bug("z2-for-W2/backward", KERNELS,
-        "grad_a1 = grad_z2 @ W2.t()  # (N, H)  eq. (10)",
-        "grad_a1 = grad_z2 @ (a1 @ W2).t()  # (N, H)  eq. (10): z2 = a1 W2 where W2 belongs",
+        "grad_a1 = torch.mm(grad_z2, W2.t())  # (N, H)  eq. (10)",
+        "grad_a1 = torch.mm(grad_z2, (a1 @ W2).t())  # (N, H)  eq. (10): z2 = a1 W2 where W2 belongs",
         (LOGITS, LOSS_BWD)),
     Bug("z2-for-W2/chunked-loop", KERNELS,
         "grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)",
         "grad_a1 = torch.mm(delta2, torch.addmm(b2, a1, W2).t(), out=grad_hidden[:n] if chunked else None)",
         (LOSS_FWD_CHUNKED,)),
     Bug("W1-for-W1T/backward", KERNELS,
-        "grad_x = grad_z1 @ W1.t()  # (N, D)  eq. (18)", "grad_x = grad_z1 @ W1  # (N, D)  eq. (18)",
+        "grad_x = torch.mm(grad_z1, W1.t())  # (N, D)  eq. (18)", "grad_x = torch.mm(grad_z1, W1)  # (N, D)  eq. (18)",
         (LOGITS,)),
     Bug("W1-for-W1T/chunked-loop", KERNELS,
         "torch.mm(delta1, W1.t(), out=grad_x[start : start + n])",
@@ -205,7 +206,7 @@ CATALOGUE = [
         "if residuals is None or differentiated:", "if residuals is None:",
         (HVP.format("loss-mean"), HVP.format("loss-soft"))),
     Bug("double-backward-from-saved/eager", EAGER,
-        "return not (torch.is_grad_enabled() or modes.is_batched(grad)", "return not (modes.is_batched(grad)",
+        "if torch.is_grad_enabled() or type(grad) is not Tensor:", "if type(grad) is not Tensor:",
         (EAGER_DOUBLE.format("logits"), EAGER_DOUBLE.format("probs"))),
     # --- autocast left on in one backward, and in the forward ----------------------------------
     Bug("autocast-on/loss-backward", AUTOGRAD,
@@ -240,9 +241,16 @@ CATALOGUE = [
         "return _general(loss_backward, x, target, W1, b1, W2, b2, reduction,",
         (E + "test_lean_loss_recorded_backward_leaves_out_ignored_rows",), verify=False),
     Bug("W2-layout/eager", EAGER,
-        "transposed = modes.column_major_pays_eager(W2, x.shape[0])",
-        "transposed = not modes.column_major_pays_eager(W2, x.shape[0])",
+        "(needs[0], *needs[2:6]), in_place=True, transposed_W2_product=transposed",
+        "(needs[0], *needs[2:6]), in_place=True, transposed_W2_product=not transposed",
         (EAGER_LAYOUT,), verify=False),
+    Bug("W2-layout/eager-plan", MODES,
+        "column_major_pays_eager(W2, x.shape[0]))", "column_major_pays_eager(W2, x.shape[1]))",
+        (EAGER_LAYOUT_FROM_16, E + "test_lean_network_forms_and_layouts[logits-16-True-True]"), verify=False),
+    Bug("sigmoid-form/eager-plan", MODES,
+        "EagerPlan(True, sigmoid_tanh_pays_eager(x, W1.shape[1]),",
+        "EagerPlan(True, sigmoid_tanh_pays_eager(x, W1.shape[0]),",
+        (E + "test_lean_network_forms_and_layouts[logits-16-True-True]",), verify=False),
     # --- unbatched: a detached target -----------------------------------------------------------
     Bug("detached-target/unbatched", FUNCTIONAL,
         "x, target = x.unsqueeze(0), target.unsqueeze(0)", "x, target = x.unsqueeze(0), target.detach().unsqueeze(0)",
