@@ -74,11 +74,17 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
     return without_jvp if torch.compiler.is_compiling() else with_jvp
 
 
+def _rows_at_least(x: Tensor, rows: int) -> bool:
+    """Whether x has ``rows`` rows or more, where the lean Functions never serve: asked before their
+    lookup, so that the general path's own lookup is the only one of such a call."""
+    return x.dim() > 0 and x.shape[0] >= rows
+
+
 def _lean_network(function: type[Function], x: object, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor | None:
     """The network's output through a lean Function of ``eager.py``, or None where those do not serve
     (``modes.eager_network_plan``): in plain eager mode (``modes.plain_eager``), from a plan
     decided with the boundary checks, once per combination of metadata."""
-    if not modes.plain_eager(x):
+    if not modes.plain_eager(x) or _rows_at_least(cast(Tensor, x), modes.CHUNKED_NETWORK_MIN_ROWS):
         return None
     plan = boundary.network_plan(cast(Tensor, x), W1, b1, W2, b2)
     return eager.apply_network(function, cast(Tensor, x), W1, b1, W2, b2, plan) if plan.lean else None
@@ -105,6 +111,8 @@ def _lean_loss(
     if not (validation.default_loss_options(*options) and reduction in _SCALAR_REDUCTIONS):
         return None  # look-alikes of the defaults (-100.0, a tensor 0) are refused by the general path
     if type(target) is not Tensor or not modes.plain_eager(x) or not modes.default_loss_strategy():
+        return None
+    if _rows_at_least(cast(Tensor, x), modes.PRECOMPUTE_MIN_ROWS):
         return None
     plan = boundary.loss_plan(cast(Tensor, x), target, W1, b1, W2, b2)  # the boundary checks, cached with the plan
     if not plan.lean:

@@ -386,6 +386,26 @@ def test_the_boundary_checks_run_once_per_metadata(monkeypatch, entry):
     assert len(checks) == 1 and len(boundary._checked) == 1
 
 
+@pytest.mark.parametrize("entry", ["logits", "loss"])
+@pytest.mark.parametrize("above", [False, True], ids=["below-the-bound", "from-the-bound"])
+def test_one_metadata_lookup_per_call(monkeypatch, entry, above):
+    """Below their bound the lean paths look the metadata up once; from it they step aside before
+    their lookup, and the general path's own is the only one."""
+    from manualgrad import boundary, modes
+
+    bound = modes.CHUNKED_NETWORK_MIN_ROWS if entry == "logits" else modes.PRECOMPUTE_MIN_ROWS
+    x, target, params = make_problem(bound if above else bound - 1, H=8)
+    def call():
+        return functional.two_layer_net_logits(x, *params) if entry == "logits" else _loss(x, target, *params)
+
+    call()
+    keys = []
+    original = boundary._eager_metadata
+    monkeypatch.setattr(boundary, "_eager_metadata", lambda *a: keys.append(1) or original(*a))
+    call()
+    assert keys == [1]
+
+
 def test_a_tensor_left_over_from_a_finished_transform_is_unwrapped(taken):
     """A tensor that escaped torch.func.grad (a dead wrapper) is unwrapped, as Function.apply does."""
     escaped = []
