@@ -49,6 +49,14 @@ def _seen(key: _Key | None) -> bool:
         return False
 
 
+def _kept(key: _Key | None) -> modes.EagerPlan | None:
+    """The plan kept for ``key``, or None: not seen, not a key, or not hashable (then every call is checked)."""
+    try:
+        return _checked.get(key)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def _remember(key: _Key | None, plan: Callable[[], modes.EagerPlan]) -> None:
     """Keep ``plan()`` for ``key``; ``plan`` is called only where the key is kept, never on symbolic
     sizes (its comparisons of N would become guards)."""
@@ -88,10 +96,10 @@ def network_plan(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> m
     :func:`prepare_network`, once per combination of metadata, and what the lean Functions do with
     such tensors (``modes.eager_network_plan``)."""
     key = _eager_metadata(False, x, W1, b1, W2, b2)
-    plan = _checked.get(key)  # type: ignore[arg-type]
+    plan = _kept(key)
     if plan is None:  # not seen: check, and keep the plan with the decision
         x, _ = prepare_network(x, W1, b1, W2, b2, autocast=False)
-        plan = _checked.get(key) or modes.eager_network_plan(x, W1, W2)  # type: ignore[arg-type]  # (not kept: the cache is full)
+        plan = _kept(key) or modes.eager_network_plan(x, W1, W2)  # (not kept: the cache is full)
     return plan
 
 
@@ -116,8 +124,8 @@ def loss_plan(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2:
     :func:`prepare_loss`, once per combination of metadata, and what the lean loss does with such
     tensors (``modes.eager_loss_plan``)."""
     key = _eager_metadata(False, x, target, W1, b1, W2, b2)
-    plan = _checked.get(key)  # type: ignore[arg-type]
+    plan = _kept(key)
     if plan is None:  # not seen: check, and keep the plan with the decision
         x, target, _ = prepare_loss(x, target, W1, b1, W2, b2, autocast=False)
-        plan = _checked.get(key) or modes.eager_loss_plan(x, target, W1, W2)  # type: ignore[arg-type]  # (not kept: the cache is full)
+        plan = _kept(key) or modes.eager_loss_plan(x, target, W1, W2)  # (not kept: the cache is full)
     return plan

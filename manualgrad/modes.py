@@ -25,6 +25,11 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
+# The lean paths of plain eager mode read PRECOMPUTE_MIN_ROWS, SIGMOID_TANH_MIN_ELEMENTS,
+# COLUMN_MAJOR_MIN_ROWS and CHUNKED_NETWORK_MIN_ROWS once per combination of metadata, into the plan
+# kept with the boundary checks (EagerPlan, boundary.py): a new value applies to combinations not
+# seen yet (tests that set them start from an empty cache, tests/conftest.py).
+#
 # Rows of x per chunk when the loss computes gradients in its forward. On the CPU, small enough
 # that the two (rows, H) buffers stay in cache, large enough that the per-chunk Python overhead
 # is negligible (at H=500, 1 thread: 1024 rows best of 512 to 4096 at N=4096 and 65536, by 5-10%
@@ -106,7 +111,8 @@ def plain_eager(x: object) -> bool:
 
 
 def is_batched(grad: Tensor) -> bool:
-    """Whether an upstream gradient is vmap-batched (gradcheck's batched-grad check) or a wrapper tensor."""
+    """Whether an upstream gradient is vmap-batched (gradcheck's batched-grad check) or a wrapper tensor.
+    (``eager._fast_backward`` asks the same, written out: it runs on every lean backward.)"""
     functorch = torch._C._functorch
     return type(grad) is not Tensor or functorch.is_legacy_batchedtensor(grad) or functorch.is_batchedtensor(grad)
 
@@ -157,15 +163,17 @@ class EagerPlan(NamedTuple):
 
 
 def eager_network_plan(x: Tensor, W1: Tensor, W2: Tensor) -> EagerPlan:
-    """The plan of the lean probs and logits, for checked tensors in plain eager mode: they serve x
-    (N, D) of 1 to ``CHUNKED_NETWORK_MIN_ROWS - 1`` rows (from there the chunked paths pay)."""
+    """The plan of the lean probs and logits for tensors that passed the boundary checks (kept with
+    them in any mode, read in plain eager mode only): they serve x (N, D) of 1 to
+    ``CHUNKED_NETWORK_MIN_ROWS - 1`` rows (from there the chunked paths pay)."""
     return _eager_plan(x.dim() == 2 and 0 < x.shape[0] < CHUNKED_NETWORK_MIN_ROWS, x, W1, W2)
 
 
 def eager_loss_plan(x: Tensor, target: Tensor, W1: Tensor, W2: Tensor) -> EagerPlan:
-    """The plan of the lean loss, for checked tensors in plain eager mode: it serves CPU float32 or
-    float64 tensors, x (N, D) of 1 to ``PRECOMPUTE_MIN_ROWS - 1`` rows, and integer class indices
-    other than uint64 (which ``.long()`` could wrap onto the ignore index -100)."""
+    """The plan of the lean loss for tensors that passed the boundary checks (as
+    :func:`eager_network_plan`): it serves CPU float32 or float64 tensors, x (N, D) of 1 to
+    ``PRECOMPUTE_MIN_ROWS - 1`` rows, and integer class indices other than uint64 (which ``.long()``
+    could wrap onto the ignore index -100)."""
     rows = x.dim() == 2 and 0 < x.shape[0] < PRECOMPUTE_MIN_ROWS
     labels = not target.is_floating_point() and target.dtype != torch.uint64
     return _eager_plan(rows and labels and x.is_cpu and W1.dtype in (torch.float32, torch.float64), x, W1, W2)

@@ -273,7 +273,8 @@ def test_dW2_is_made_in_W2s_layout_below_16_rows(monkeypatch, N, transposed):
     inputs = [p.requires_grad_() for p in params]
     _loss(x, target, *inputs).backward()
     functional.two_layer_net_logits(x, *inputs).sum().backward()
-    assert [k["transposed_W2_product"] for k in flags] == [transposed, transposed]
+    functional.two_layer_net(x, *inputs)[:, 0].sum().backward()
+    assert [k["transposed_W2_product"] for k in flags] == [transposed, transposed, transposed]
     assert all(k["in_place"] for k in flags)
 
 
@@ -359,17 +360,20 @@ def test_a_parametrized_weight_is_used(taken):
 
 
 @pytest.mark.parametrize("N, sigmoid_form, column_major", [(1, False, False), (8, False, False), (16, True, True)])
-@pytest.mark.parametrize("path", LEAN)
+@pytest.mark.parametrize("path", [*LEAN, "loss"])
 def test_lean_network_forms_and_layouts(monkeypatch, path, N, sigmoid_form, column_major):
     """tanh in the sigmoid form from N H >= 4096 (CPU, float), in place; W2 column-major from 16 rows."""
     forms, layouts = [], []
     hidden, reorder = eager.hidden_activation_fast, eager.column_major
     monkeypatch.setattr(eager, "hidden_activation_fast", lambda *a, **k: forms.append(k) or hidden(*a, **k))
     monkeypatch.setattr(eager, "column_major", lambda W2: layouts.append(W2.shape) or reorder(W2))
-    x, _, params = make_problem(N, H=256)
-    LEAN[path][0](x, *params)
+    products, addmm = [], torch.addmm  # the layout of the W2 that eq. (3) multiplies by
+    monkeypatch.setattr(torch, "addmm", lambda b, a, W, **k: products.append(W.stride()) or addmm(b, a, W, **k))
+    x, target, params = make_problem(N, H=256)
+    LEAN[path][0](x, *params) if path in LEAN else _loss(x, target, *params)
     assert forms == [dict(sigmoid_form=sigmoid_form, in_place=True)]
     assert layouts == ([(256, 2)] if column_major else [])
+    assert products[-1] == ((1, 256) if column_major else (2, 1))
 
 
 @pytest.mark.parametrize("entry", ["logits", "loss"])

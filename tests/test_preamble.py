@@ -62,12 +62,49 @@ def test_the_cache_is_bounded(monkeypatch):
     x, target, params = make_problem(6, D=3, H=8, C=4)
     leaves = [p.requires_grad_() for p in params]
     pairs = ((functional.two_layer_net_logits, reference.logits), (functional.two_layer_net_loss, reference.loss))
-    for manual, twin in pairs:
-        args = (x, *leaves) if twin is reference.logits else (x, target, *leaves)
-        out, expected = manual(*args), twin(*args)
+    soft = torch.softmax(torch.randn(6, 4, dtype=x.dtype), 1)  # (6, 4)  probabilities: the general loss
+    logits, loss = pairs
+    cases = [(logits, (x,)), (logits, (x[0],)), (loss, (x, target)), (loss, (x, soft)), (loss, (x[0], target[0]))]
+    for (manual, twin), inputs in cases:
+        out, expected = manual(*inputs, *leaves), twin(*inputs, *leaves)
         torch.testing.assert_close(out, expected)
         torch.testing.assert_close(torch.autograd.grad(out.sum(), leaves), torch.autograd.grad(expected.sum(), leaves))
+    with pytest.raises(ValueError, match="class index"):  # uint64 label that .long() wraps onto -100: refused
+        functional.two_layer_net_loss(x, torch.tensor([2**64 - 100] + [0] * 5, dtype=torch.uint64), *leaves)
     assert len(boundary._checked) == 3
+
+
+class _ListShaped(torch.Tensor):
+    """A parameter whose shape is a list: its metadata cannot be hashed, so it is checked on every call."""
+
+    @property
+    def shape(self):
+        return list(super().shape)
+
+
+@pytest.mark.parametrize("entry", ["logits", "loss"])
+def test_metadata_that_cannot_be_hashed_is_checked_on_every_call(entry):
+    x, target, params = make_problem(5, D=3, H=8, C=4)
+    W1 = params[0].as_subclass(_ListShaped)
+    for _ in range(2):
+        inputs = (x,) if entry == "logits" else (x, target)
+        manual = functional.two_layer_net_logits if entry == "logits" else functional.two_layer_net_loss
+        out, expected = manual(*inputs, W1, *params[1:]), getattr(reference, entry)(*inputs, *params)
+        torch.testing.assert_close(torch.Tensor(out), expected)
+    assert len(boundary._checked) == 0
+    with pytest.raises(ValueError, match="W2 must have shape"):
+        functional.two_layer_net_logits(x, W1, params[1], params[2][:3], params[3])
+
+
+@pytest.mark.parametrize("x_shape, match", [((), r"got \(\) \(rank 0\)"), ((2, 3, 3), r"got \(2, 3, 3\) \(rank 3\)")])
+@pytest.mark.parametrize("entry", ["logits", "probs", "loss"])
+def test_x_of_another_rank_is_refused_in_plain_eager_mode(entry, x_shape, match):
+    """Plain eager mode, where the lean paths route the call first: the same error as every other mode."""
+    _, target, params = make_problem(3, D=3, H=8, C=4)
+    x = torch.zeros(x_shape, dtype=params[0].dtype)
+    call = {"logits": functional.two_layer_net_logits, "probs": functional.two_layer_net}.get(entry)
+    with pytest.raises(ValueError, match=match):
+        call(x, *params) if call else functional.two_layer_net_loss(x, target, *params)
 
 
 @pytest.mark.parametrize(
