@@ -51,13 +51,11 @@ from .modes import EagerPlan
 IGNORE_INDEX = -100  # F.cross_entropy's default: rows with this label count for nothing
 
 
-def _general(
-    backward: Callable[..., tuple[Tensor | None, ...]], x: Tensor, *args: Any, **kwargs: Any
-) -> tuple[Tensor | None, ...]:
-    """``backward(x, *args, **kwargs)``, the general formulas of ``autograd.py``, with autocast off for
-    x's device: every pass computes in the parameters' dtype (``modes.in_parameter_precision``)."""
+def _general(backward: Callable[..., tuple[Tensor | None, ...]], x: Tensor, *args: Any) -> tuple[Tensor | None, ...]:
+    """``backward(x, *args)``, the general formulas of ``autograd.py``, with autocast off for x's
+    device: every pass computes in the parameters' dtype (``modes.in_parameter_precision``)."""
     with torch.autocast(modes.device_type(x), enabled=False):
-        return backward(x, *args, **kwargs)
+        return backward(x, *args)
 
 
 def _fast_backward(grad: Tensor, x: Tensor) -> bool:

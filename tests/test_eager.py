@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from conftest import DTYPES, assert_matches_twin, make_problem, value_and_grads
+from conftest import DEVICES, DTYPES, assert_matches_twin, make_problem, value_and_grads
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from manualgrad import eager, functional, modes, reference
@@ -310,13 +310,34 @@ def test_batched_upstream_gradients_of_the_lean_functions(taken, name):
 
 
 @pytest.mark.parametrize("name", ENTRIES)
-def test_backward_inside_autocast_computes_in_the_parameters_dtype(name):
-    """The forward ran outside autocast (lean); ``backward()`` inside a bfloat16 region must not cast."""
+def test_a_batched_upstream_gradient_takes_the_general_formulas(monkeypatch, name):
+    """A vmap-batched upstream gradient (``is_grads_batched``, gradcheck's batched-grad check) goes to
+    the general formulas, those checked under every transform, and gets the twin's gradients."""
+    handed_over = []
+    original = eager._general
+    monkeypatch.setattr(eager, "_general", lambda *a: handed_over.append(1) or original(*a))
+    x, target, params = make_problem(5, H=8)
+    leaves = [p.requires_grad_() for p in params]
+    out = _entry(name, target)(x, *leaves)
+    upstream = torch.stack([torch.full_like(out, 0.5), torch.full_like(out, -2.0)])  # (2, *out.shape)
+    grads = torch.autograd.grad(out, leaves, upstream, is_grads_batched=True)
+    assert handed_over == [1]
+    twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
+    expected = torch.autograd.grad(twin_entry(x, *leaves), leaves, upstream, is_grads_batched=True)
+    torch.testing.assert_close(grads, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ENTRIES)
+def test_backward_inside_autocast_computes_in_the_parameters_dtype(name, device):
+    """The forward ran outside autocast (lean); ``backward()`` inside a bfloat16 region of x's device
+    must not cast."""
     x, target, params = make_problem(6, H=16, dtype=torch.float32)
-    leaves = [p.detach().requires_grad_() for p in params]
-    twin = [p.detach().requires_grad_() for p in params]
+    x, target = x.to(device), target.to(device)
+    leaves = [p.detach().to(device).requires_grad_() for p in params]
+    twin = [p.detach().to(device).requires_grad_() for p in params]
     out = _entry(name, target)(x, *leaves).square().sum()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         out.backward()
     twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
     twin_entry(x, *twin).square().sum().backward()
@@ -376,15 +397,18 @@ def test_lean_network_forms_and_layouts(monkeypatch, path, N, sigmoid_form, colu
     assert products[-1] == ((1, 256) if column_major else (2, 1))
 
 
+@pytest.mark.parametrize("rows", ["lean", "general"])
 @pytest.mark.parametrize("entry", ["logits", "loss"])
-def test_the_boundary_checks_run_once_per_metadata(monkeypatch, entry):
+def test_the_boundary_checks_run_once_per_metadata(monkeypatch, entry, rows):
+    """On the lean path (5 rows) and on the general one (from the lean bound: chunked or precomputed)."""
     from manualgrad import boundary
 
     monkeypatch.setattr(boundary, "_checked", {})
     checks = []
     original = boundary._check_network
     monkeypatch.setattr(boundary, "_check_network", lambda *a: checks.append(1) or original(*a))
-    x, target, params = make_problem(5)
+    bound = modes.CHUNKED_NETWORK_MIN_ROWS if entry == "logits" else modes.PRECOMPUTE_MIN_ROWS
+    x, target, params = make_problem(5 if rows == "lean" else bound, H=8)
     for _ in range(3):
         functional.two_layer_net_logits(x, *params) if entry == "logits" else _loss(x, target, *params)
     assert len(checks) == 1 and len(boundary._checked) == 1
@@ -454,7 +478,7 @@ def test_a_plain_backward_stays_on_the_lean_formulas(monkeypatch, name):
     a recorded backward (create_graph) calls them once."""
     handed_over = []
     original = eager._general
-    monkeypatch.setattr(eager, "_general", lambda *a, **k: handed_over.append(1) or original(*a, **k))
+    monkeypatch.setattr(eager, "_general", lambda *a: handed_over.append(1) or original(*a))
     x, target, params = make_problem(5, H=8)
     leaves = [p.requires_grad_() for p in params]
     torch.autograd.grad(_entry(name, target)(x, *leaves).sum(), leaves)
@@ -473,7 +497,7 @@ def test_a_subclass_upstream_gradient_takes_the_general_formulas(monkeypatch, na
     plain tensor goes to the general formulas, which do neither, and gets the twin's gradients."""
     handed_over = []
     original = eager._general
-    monkeypatch.setattr(eager, "_general", lambda *a, **k: handed_over.append(1) or original(*a, **k))
+    monkeypatch.setattr(eager, "_general", lambda *a: handed_over.append(1) or original(*a))
     x, target, params = make_problem(5, H=8)
     leaves = [p.requires_grad_() for p in params]
     out = _entry(name, target)(x, *leaves)
