@@ -107,6 +107,18 @@ def test_every_other_mode_takes_the_general_functions(taken, case):
     assert taken == []
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_for_xs_device_takes_the_general_functions(taken, device):
+    """Autocast is asked for x's own device (CPU or CUDA): inside it the general Functions serve."""
+    x, _, params = make_problem(5, dtype=torch.float32)
+    x, params = x.to(device), [p.to(device) for p in params]
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = functional.two_layer_net_logits(x, *params)
+    assert taken == [] and out.dtype == torch.float32
+    functional.two_layer_net_logits(x, *params)
+    assert taken == [eager.EagerLogitsFunction]
+
+
 def test_compiled_code_takes_the_general_functions(taken):
     x, _, params = make_problem(5, dtype=torch.float32)
     # no fullgraph: mutmut's trampolines break graphs (test_tracing keeps the one-graph checks)
