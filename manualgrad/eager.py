@@ -70,6 +70,17 @@ def _fast_backward(grad: Tensor, x: Tensor) -> bool:
     return not torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type)
 
 
+def _W2_layout(W2: Tensor, plan: EagerPlan) -> Tensor:
+    return column_major(W2) if plan.column_major_W2 else W2  # (H, C)
+
+
+def _backward_from_logits(grad_z2, x, W1, W2, a1, needs, plan) -> tuple[Tensor | None, ...]:
+    """eq. (10)-(18), first order; eq. (14) as (delta2^T a1)^T where W2 is column-major in the
+    forward, else in W2's own layout (which AccumulateGrad keeps without a copy)."""
+    transposed = plan.column_major_W2
+    return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed)
+
+
 class EagerLogitsFunction(Function):
     """z2 = tanh(x W1 + b1) W2 + b2, eq. (1)-(3); backward eq. (10)-(18). ``plan``: ``modes.EagerPlan``."""
 
@@ -78,8 +89,7 @@ class EagerLogitsFunction(Function):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, a1)
-        W2_layout = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
-        return torch.addmm(b2, a1, W2_layout)  # (N, C)  eq. (3)
+        return torch.addmm(b2, a1, _W2_layout(W2, plan))  # (N, C)  eq. (3)
 
     @staticmethod
     def backward(ctx, grad_z2):
@@ -87,9 +97,7 @@ class EagerLogitsFunction(Function):
         needs = ctx.needs_input_grad[:5]
         if not _fast_backward(grad_z2, x):
             return *_general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, needs), None
-        transposed = ctx.plan.column_major_W2  # eq. (14) as (delta2^T a1)^T, else in W2's own layout
-        grads = backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed)
-        return *grads, None  # eq. (10)-(18)
+        return *_backward_from_logits(grad_z2, x, W1, W2, a1, needs, ctx.plan), None  # eq. (10)-(18)
 
 
 class EagerProbsFunction(Function):
@@ -98,8 +106,7 @@ class EagerProbsFunction(Function):
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
-        W2_layout = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
-        y_hat = torch.softmax(torch.addmm(b2, a1, W2_layout), 1)  # (N, C)  eq. (3), (4)
+        y_hat = torch.softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
         return y_hat
@@ -112,9 +119,7 @@ class EagerProbsFunction(Function):
             general = partial(network_backward, grad_y_hat, b2=b2, y_hat=y_hat)
             return *_general(general, x, W1, b1, W2, a1, needs), None
         grad_z2 = softmax_vjp_fused(grad_y_hat, y_hat)  # (N, C)  eq. (6)
-        transposed = ctx.plan.column_major_W2  # eq. (14) as (delta2^T a1)^T, else in W2's own layout
-        grads = backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed)
-        return *grads, None  # eq. (10)-(18)
+        return *_backward_from_logits(grad_z2, x, W1, W2, a1, needs, ctx.plan), None  # eq. (10)-(18)
 
 
 def _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, reduction, needs, residuals):
@@ -135,8 +140,7 @@ class EagerLossFunction(Function):
     @staticmethod
     def forward(ctx, x, target, W1, b1, W2, b2, reduction, plan):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
-        W2_layout = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
-        log_probs = torch.log_softmax(torch.addmm(b2, a1, W2_layout), 1)  # (N, C)  eq. (3), (4)
+        log_probs = torch.log_softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
         loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction, IGNORE_INDEX)  # (), ()  eq. (5)
         ctx.reduction, ctx.plan = reduction, plan
         ctx.save_for_backward(x, target, W1, b1, W2, b2, a1, log_probs, total_weight)
@@ -153,9 +157,8 @@ class EagerLossFunction(Function):
         delta2 = loss_grad_logits_fused(  # (N, C)  eq. (7)
             grad_loss, log_probs, target, ctx.reduction, IGNORE_INDEX, total_weight
         )
-        transposed = ctx.plan.column_major_W2  # eq. (14) as (delta2^T a1)^T, else in W2's own layout
-        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = backward_from_logits(  # eq. (10)-(18)
-            delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), in_place=True, transposed_W2_product=transposed
+        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _backward_from_logits(  # eq. (10)-(18)
+            delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), ctx.plan
         )
         return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None, None
 

@@ -351,6 +351,166 @@ def test_a_batched_upstream_gradient_takes_the_general_formulas(monkeypatch, nam
     torch.testing.assert_close(grads, expected)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ENTRIES)
+def test_backward_inside_autocast_computes_in_the_parameters_dtype(name, device):
+    """The forward ran outside autocast (lean); ``backward()`` inside a bfloat16 region of x's device
+    must not cast."""
+    x, target, params = make_problem(6, H=16, dtype=torch.float32)
+    x, target = x.to(device), target.to(device)
+    leaves = [p.detach().to(device).requires_grad_() for p in params]
+    twin = [p.detach().to(device).requires_grad_() for p in params]
+    out = _entry(name, target)(x, *leaves).square().sum()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out.backward()
+    twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
+    twin_entry(x, *twin).square().sum().backward()
+    for mine, theirs in zip(leaves, twin):
+        assert mine.grad.dtype == torch.float32
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=2e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# The module's parameters: read from its dict, or as attributes where they moved
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_parametrized_weight_is_used(taken):
+    from torch.nn.utils import parametrize
+
+    from manualgrad import TwoLayerNet
+
+    class Doubled(torch.nn.Module):
+        def forward(self, W):
+            return 2 * W
+
+    model = TwoLayerNet(2, 8, 3, dtype=torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    plain = model.logits(x)
+    parametrize.register_parametrization(model, "W2", Doubled())
+    original = model.parametrizations.W2.original
+    twin = original.detach().requires_grad_()
+    W1, b1, b2 = model.W1, model.b1, model.b2
+    z2 = model.logits(x)
+    torch.testing.assert_close(z2, reference.logits(x, W1, b1, 2 * twin, b2))
+    assert not torch.allclose(z2, plain)
+    z2.square().sum().backward()  # the gradient reaches the parametrization's original through 2 W
+    reference.logits(x, W1, b1, 2 * twin, b2).square().sum().backward()
+    torch.testing.assert_close(original.grad, twin.grad)
+
+
+# ---------------------------------------------------------------------------------------
+# What the lean Functions pass to the kernels (choices that change speed, not values)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("N, sigmoid_form, column_major", [(1, False, False), (8, False, False), (16, True, True)])
+@pytest.mark.parametrize("path", [*LEAN, "loss"])
+def test_lean_network_forms_and_layouts(monkeypatch, path, N, sigmoid_form, column_major):
+    """tanh in the sigmoid form from N H >= 4096 (CPU, float), in place; W2 column-major from 16 rows."""
+    forms, layouts = [], []
+    hidden, reorder = eager.hidden_activation_fast, eager.column_major
+    monkeypatch.setattr(eager, "hidden_activation_fast", lambda *a, **k: forms.append(k) or hidden(*a, **k))
+    monkeypatch.setattr(eager, "column_major", lambda W2: layouts.append(W2.shape) or reorder(W2))
+    products, addmm = [], torch.addmm  # the layout of the W2 that eq. (3) multiplies by
+    monkeypatch.setattr(torch, "addmm", lambda b, a, W, **k: products.append(W.stride()) or addmm(b, a, W, **k))
+    x, target, params = make_problem(N, H=256)
+    LEAN[path][0](x, *params) if path in LEAN else _loss(x, target, *params)
+    assert forms == [dict(sigmoid_form=sigmoid_form, in_place=True)]
+    assert layouts == ([(256, 2)] if column_major else [])
+    assert products[-1] == ((1, 256) if column_major else (2, 1))
+
+
+@pytest.mark.parametrize("rows", ["lean", "general"])
+@pytest.mark.parametrize("entry", ["logits", "loss"])
+def test_the_boundary_checks_run_once_per_metadata(monkeypatch, entry, rows):
+    """On the lean path (5 rows) and on the general one (from the lean bound: chunked or precomputed)."""
+    from manualgrad import boundary
+
+    monkeypatch.setattr(boundary, "_checked", {})
+    checks = []
+    original = boundary._check_network
+    monkeypatch.setattr(boundary, "_check_network", lambda *a: checks.append(1) or original(*a))
+    bound = modes.CHUNKED_NETWORK_MIN_ROWS if entry == "logits" else modes.PRECOMPUTE_MIN_ROWS
+    x, target, params = make_problem(5 if rows == "lean" else bound, H=8)
+    for _ in range(3):
+        functional.two_layer_net_logits(x, *params) if entry == "logits" else _loss(x, target, *params)
+    assert len(checks) == 1 and len(boundary._checked) == 1
+
+
+@pytest.mark.parametrize("entry", ["logits", "loss"])
+@pytest.mark.parametrize("above", [False, True], ids=["below-the-bound", "from-the-bound"])
+def test_one_metadata_lookup_per_call(monkeypatch, entry, above):
+    """Below their bound the lean paths look the metadata up once; from it they step aside before
+    their lookup, and the general path's own is the only one."""
+    from manualgrad import boundary, modes
+
+    bound = modes.CHUNKED_NETWORK_MIN_ROWS if entry == "logits" else modes.PRECOMPUTE_MIN_ROWS
+    x, target, params = make_problem(bound if above else bound - 1, H=8)
+    def call():
+        return functional.two_layer_net_logits(x, *params) if entry == "logits" else _loss(x, target, *params)
+
+    call()
+    keys = []
+    original = boundary._eager_metadata
+    monkeypatch.setattr(boundary, "_eager_metadata", lambda *a: keys.append(1) or original(*a))
+    call()
+    assert keys == [1]
+
+
+def test_a_tensor_left_over_from_a_finished_transform_is_unwrapped(taken):
+    """A tensor that escaped torch.func.grad (a dead wrapper) is unwrapped, as Function.apply does."""
+    escaped = []
+
+    def keep(x):
+        escaped.append(x)
+        return x.sum()
+
+    x, _, params = make_problem(4)
+    torch.func.grad(keep)(x.clone())
+    assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])
+    torch.testing.assert_close(functional.two_layer_net_logits(escaped[0], *params), reference.logits(x, *params))
+    assert taken == [eager.EagerLogitsFunction]
+
+
+@pytest.mark.parametrize("N", [4, modes.CHUNKED_NETWORK_MIN_ROWS], ids=["lean", "general"])
+@pytest.mark.parametrize("name", ENTRIES)
+def test_parameters_left_over_from_a_finished_transform_get_their_gradients(name, N):
+    """Parameters that escaped torch.func.grad (dead wrappers) are unwrapped, as Function.apply does:
+    without that, the gradients would not reach the parameters themselves."""
+    x, target, params = make_problem(N, H=8)
+    leaves = [p.requires_grad_() for p in params]
+    escaped = []
+
+    def keep(*params):
+        escaped.extend(params)
+        return _entry(name, target)(x, *params).sum()
+
+    torch.func.grad(keep, argnums=(0, 1, 2, 3))(*leaves)
+    assert all(torch._C._functorch.is_functorch_wrapped_tensor(p) for p in escaped)
+    _entry(name, target)(x, *escaped).sum().backward()
+    twin = [p.detach().requires_grad_() for p in params]
+    twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
+    twin_entry(x, *twin).sum().backward()
+    for mine, theirs in zip(leaves, twin):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_a_plain_backward_stays_on_the_lean_formulas(monkeypatch, name):
+    """First order, a plain upstream gradient, no autocast: the general formulas are not called;
+    a recorded backward (create_graph) calls them once."""
+    handed_over = []
+    original = eager._general
+    monkeypatch.setattr(eager, "_general", lambda *a: handed_over.append(1) or original(*a))
+    x, target, params = make_problem(5, H=8)
+    leaves = [p.requires_grad_() for p in params]
+    torch.autograd.grad(_entry(name, target)(x, *leaves).sum(), leaves)
+    assert handed_over == []
+    torch.autograd.grad(_entry(name, target)(x, *leaves).sum(), leaves, create_graph=True)
+    assert handed_over == [1]
+
+
 class _MarkedTensor(torch.Tensor):
     """A tensor subclass, as wrapper tensors (and tensor-like gradients) are."""
 
