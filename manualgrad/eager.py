@@ -60,14 +60,8 @@ def _general(backward: Callable[..., tuple[Tensor | None, ...]], x: Tensor, *arg
 
 def _fast_backward(grad: Tensor, x: Tensor) -> bool:
     """Whether the first-order formulas may run as they are: not recorded, a plain upstream gradient
-    (not vmap-batched, ``modes.is_batched``) and autocast off (a ``loss.backward()`` inside an
-    autocast region would cast the matmuls). One function: it runs on every lean backward."""
-    if torch.is_grad_enabled() or type(grad) is not Tensor:
-        return False
-    functorch = torch._C._functorch
-    if functorch.is_legacy_batchedtensor(grad) or functorch.is_batchedtensor(grad):
-        return False
-    return not torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type)
+    and autocast off (a ``loss.backward()`` inside an autocast region would cast the matmuls)."""
+    return not (torch.is_grad_enabled() or modes.is_batched(grad) or torch.is_autocast_enabled(modes.device_type(x)))
 
 
 def _W2_layout(W2: Tensor, plan: EagerPlan) -> Tensor:

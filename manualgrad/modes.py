@@ -111,8 +111,7 @@ def plain_eager(x: object) -> bool:
 
 
 def is_batched(grad: Tensor) -> bool:
-    """Whether an upstream gradient is vmap-batched (gradcheck's batched-grad check) or a wrapper tensor.
-    (``eager._fast_backward`` asks the same, written out: it runs on every lean backward.)"""
+    """Whether an upstream gradient is vmap-batched (gradcheck's batched-grad check) or a wrapper tensor."""
     functorch = torch._C._functorch
     return type(grad) is not Tensor or functorch.is_legacy_batchedtensor(grad) or functorch.is_batchedtensor(grad)
 

@@ -206,7 +206,7 @@ CATALOGUE = [
         "if residuals is None or differentiated:", "if residuals is None:",
         (HVP.format("loss-mean"), HVP.format("loss-soft"))),
     Bug("double-backward-from-saved/eager", EAGER,
-        "if torch.is_grad_enabled() or type(grad) is not Tensor:", "if type(grad) is not Tensor:",
+        "return not (torch.is_grad_enabled() or modes.is_batched(grad)", "return not (modes.is_batched(grad)",
         (EAGER_DOUBLE.format("logits"), EAGER_DOUBLE.format("probs"))),
     # --- autocast left on in one backward, and in the forward ----------------------------------
     Bug("autocast-on/loss-backward", AUTOGRAD,
