@@ -785,3 +785,39 @@ def test_public_loss_with_options_matches_the_derivation(size, case, soft, reduc
     torch.testing.assert_close(value, per_row if reduction == "none" else per_row.sum())
     for name, grad in zip(GRADIENT_ORDER, grads):
         torch.testing.assert_close(grad, manual[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------------------
+# Few inputs and classes: (16')-(18'), the first layer's gradients without delta1
+# ----------------------------------------------------------------------------------------
+
+
+def without_delta1(p: Problem) -> dict[str, Tensor]:
+    """dW1, db1 and dx of the mean cross-entropy by eq. (16')-(18'): rows summed first, classes last."""
+    N, D = p.x.shape
+    C = p.W2.shape[1]
+    f = forward(p)
+    delta2 = (f["y_hat"] - p.y) / N  # (N, C)  eq. (7)
+    P = 1 - f["a1"] ** 2  # (N, H)  eq. (11)'s factor
+    x_1 = torch.cat([p.x, torch.ones(N, 1, dtype=DTYPE)], 1)  # (N, D + 1)  [x, 1]
+    E = torch.stack([x_1[:, d] * delta2[:, c] for d in range(D + 1) for c in range(C)], 1)  # (N, (D + 1) C)
+    products = (E.T @ P).reshape(D + 1, C, -1)  # (D + 1, C, H)  E^T P, row (d, c)
+    grad_W1_b1 = sum(p.W2[:, c] * products[:, c] for c in range(C))  # (D + 1, H)  eq. (16'), (17')
+    B = torch.stack([p.W1[d] * p.W2[:, c] for d in range(D) for c in range(C)], 1)  # (H, D C)
+    PB = (P @ B).reshape(N, D, C)  # (N, D, C)
+    grad_x = sum(delta2[:, c, None] * PB[:, :, c] for c in range(C))  # (N, D)  eq. (18')
+    return {"W1": grad_W1_b1[:D], "b1": grad_W1_b1[D], "x": grad_x}
+
+
+@pytest.mark.parametrize("size", SIZES, ids=size_id)
+def test_first_layer_without_delta1_eq16_prime_eq17_prime(size):
+    p = make_problem(*size)
+    manual, expected = without_delta1(p), autograd_quantities(p)
+    torch.testing.assert_close(manual["W1"], expected["W1"])
+    torch.testing.assert_close(manual["b1"], expected["b1"])
+
+
+@pytest.mark.parametrize("size", SIZES, ids=size_id)
+def test_dx_without_delta1_eq18_prime(size):
+    p = make_problem(*size)
+    torch.testing.assert_close(without_delta1(p)["x"], autograd_quantities(p)["x"])
