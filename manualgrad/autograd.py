@@ -123,6 +123,7 @@ def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated) -> 
             chunk_rows=modes.network_chunk_rows(x.device),
             sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
             a1=a1,
+            factored=modes.factored_first_layer_pays(x, W2),
         )
     return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True)
 
@@ -278,6 +279,7 @@ class LossFunctionNoJvp(Function):
                 chunk_rows=rows,
                 sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
                 column_major_W2=modes.column_major_pays(W2, min(x.shape[0], rows)),
+                factored=modes.factored_first_layer_pays(x, W2),
             )
             loss = loss_sum * mean_scale(x.shape[0], W2.shape[1]) if reduction == "mean" else loss_sum  # ()  eq. (5)
             return (loss, *grads)

@@ -25,7 +25,9 @@ Every pass over a (rows, H) chunk counts; these identities remove passes:
   tanh z1 = 2 sigmoid(2 z1) - 1, the 2 folded into [W1; b1]. (a1 is still formed as 2 s - 1:
   rewriting eq. (14) as 2 s^T delta2 - 1^T delta2 saves a pass but cancels digits in float32);
 * eq. (11) as one fused ``tanh_backward``: dL/da1 (1 - a1^2) in one pass;
-* eq. (16) and (17) in one product: [x, 1]^T delta1 = [dW1; db1].
+* eq. (16) and (17) in one product: [x, 1]^T delta1 = [dW1; db1];
+* for few inputs and classes (the default network), eq. (16')-(18') of ``factored.py``: no dL/da1,
+  no delta1, only P = 1 - a1^2 and products with it (``modes.factored_first_layer_pays``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .factored import accumulate_products, first_layer_gradients, input_gradient, input_weights, tanh_derivative
 from .kernels import column_major
 
 
@@ -100,13 +103,15 @@ def backward_from_logits_chunked(
     chunk_rows: int,
     sigmoid_form: bool,
     a1: Tensor | None = None,
+    factored: bool = False,
 ) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2 (N, C), recomputing a1 by row chunks.
 
     The same results as ``kernels.backward_from_logits`` given a1, eq. (10)-(18), without a1:
     each chunk's z1 is recomputed into a (chunk_rows, H) buffer; or, given the (N, H) a1 that
-    :func:`network_output_chunked` kept, its rows are read instead. Works in place on its own
-    buffers: never call it where autograd records.
+    :func:`network_output_chunked` kept, its rows are read instead. ``factored``: eq. (16)-(18) as
+    ``factored.py``'s (16')-(18'), without forming delta1. Works in place on its own buffers: never
+    call it where autograd records.
     """
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     need_delta1 = need_x or need_W1 or need_b1
@@ -117,11 +122,13 @@ def backward_from_logits_chunked(
         return (*zeros, grad_b2)
     rows = _rows_of(N, chunk_rows)
     hidden = x.new_empty(rows if a1 is None else 0, H)  # (rows, H)  z1, then a1, where a1 is recomputed
-    grad_hidden = x.new_empty(rows, H) if need_delta1 else None  # (rows, H)  dL/da1, then delta1
+    in_a1 = factored and a1 is None  # P = 1 - a1^2 written over the recomputed a1
+    grad_hidden = x.new_empty(rows, H) if need_delta1 and not in_a1 else None  # (rows, H)  dL/da1, then delta1; or P
     grad_x = x.new_empty(x.shape) if need_x else None  # (N, D)
     x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
     W2_T = W2.t()  # (C, H)
-    grad_W1_b1 = grad_W2_T = None  # (D + 1, H): [dW1; db1]; (C, H): dW2^T
+    grad_W1_b1 = grad_W2_T = products = None  # (D + 1, H): [dW1; db1]; (C, H): dW2^T; ((D + 1) C, H): E^T P
+    B = input_weights(W1, W2) if factored and need_x else None  # (H, D C)  eq. (18')
     for start in range(0, N, rows):
         xs_1, gs = x_1[start : start + rows], grad_z2[start : start + rows]  # (n, D + 1), (n, C)
         n = xs_1.shape[0]
@@ -133,6 +140,12 @@ def backward_from_logits_chunked(
             grad_W2_T = _accumulate_mm(grad_W2_T, gs.t(), a1s)  # (C, H)  eq. (14), transposed: delta2^T a1
         if not need_delta1:
             continue
+        if factored:  # P = 1 - a1^2: in place on a recomputed a1, into the buffer on a kept one
+            P = tanh_derivative(a1s, out=a1s if in_a1 else grad_hidden[:n])  # (n, H)
+            products = accumulate_products(products, xs_1, gs, P)  # ((D + 1) C, H)  eq. (16'), (17')
+            if B is not None:  # dx asked for
+                input_gradient(P, gs, B, out=grad_x[start : start + n])  # (n, D)  eq. (18')
+            continue
         grad_a1 = torch.mm(gs, W2_T, out=grad_hidden[:n])  # (n, H)  eq. (10)
         # (n, H)  eq. (11): dL/da1 (1 - a1^2), one fused pass, in place
         delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1s, grad_input=grad_a1)
@@ -140,6 +153,8 @@ def backward_from_logits_chunked(
             grad_W1_b1 = _accumulate_mm(grad_W1_b1, xs_1.t(), delta1)  # (D + 1, H)  eq. (16), (17)
         if need_x:
             torch.mm(delta1, W1.t(), out=grad_x[start : start + n])  # (n, D)  eq. (18)
+    if products is not None:
+        grad_W1_b1 = first_layer_gradients(products, W2)  # (D + 1, H)  eq. (16'), (17')
     grad_W2 = grad_W2_T.t() if need_W2 else None  # (H, C)  eq. (14)
     grad_W1 = grad_W1_b1[:D] if need_W1 else None  # (D, H)  eq. (16)
     grad_b1 = grad_W1_b1[D] if need_b1 else None  # (H,)  eq. (17)

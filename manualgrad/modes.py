@@ -56,6 +56,12 @@ CHUNKED_NETWORK_MIN_ROWS = 1024
 # 1 thread: 2.7x-3.1x autograd's speed against 2.2x-2.3x). From here it recomputes, so that the bytes held for
 # backward stay a sliver of autograd's (at N=65536: 0.4% for probs, 0 B for logits).
 KEEP_A1_BELOW_ROWS = 16384
+# The chunked kernels take the first layer's gradients through P = 1 - a1^2 without forming delta1
+# (``factored.py``, eq. (16')-(18')) while [x, 1] (x) delta2 has at most this many columns, (D + 1) C.
+# At N=4096, H=500, 1 thread, against delta1: D=2, C=2 (6 columns) 0.84x the time of the loss's
+# kernel without dx, 0.91x with dx, 0.83x-0.86x the backward of probs and logits; from 9 columns the
+# product for dx, with D C columns, costs more than the pass it saves (1.02x-1.08x). Measured on the CPU only.
+FACTORED_MAX_PRODUCTS = 8
 # Rows per chunk of those kernels: the (rows, H) buffers stay in cache on the CPU.
 NETWORK_CHUNK_ROWS = 1024
 NETWORK_CHUNK_ROWS_ACCELERATOR = 16384
@@ -149,6 +155,11 @@ def column_major_pays(W2: Tensor, rows: int) -> bool:
 def column_major_pays_eager(W2: Tensor, rows: int) -> bool:
     """:func:`column_major_pays` for a caller that knows it runs in plain eager mode."""
     return W2.is_cpu and rows >= COLUMN_MAJOR_MIN_ROWS
+
+
+def factored_first_layer_pays(x: Tensor, W2: Tensor) -> bool:
+    """Whether the chunked kernels take eq. (16')-(18') of ``factored.py``: x (N, D), W2 (H, C), C > 0; eager only."""
+    return x.is_cpu and 0 < (x.shape[1] + 1) * W2.shape[1] <= FACTORED_MAX_PRODUCTS
 
 
 class EagerPlan(NamedTuple):

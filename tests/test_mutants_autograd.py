@@ -99,7 +99,7 @@ def test_chunked_network_form_and_layout(entry, N, H, monkeypatch):
     assert kept.shape == (N, H) and backwards[0].pop("a1") is kept
     assert forwards == [dict(chunk_rows=20, sigmoid_form=sigmoid, column_major_W2=min(N, 20) >= 16,
                              probabilities=entry == "probs")]  # fmt: skip
-    assert backwards == [dict(chunk_rows=20, sigmoid_form=sigmoid)]
+    assert backwards == [dict(chunk_rows=20, sigmoid_form=sigmoid, factored=False)], "(D + 1) C = 16 columns: delta1"
 
 
 @pytest.mark.parametrize("entry", ["probs", "logits"])

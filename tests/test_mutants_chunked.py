@@ -20,7 +20,7 @@ import torch
 from planted.allocations import Allocations, assert_buffers
 from planted.twins import assert_close_relative, assert_matches_twin, problem
 
-from manualgrad import chunked, functional, modes, reference
+from manualgrad import autograd, chunked, functional, modes, reference
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -119,10 +119,15 @@ def _backward_twin(grad_z2, x, params, needs):
     return [next(grads) if n else None for n in needs]
 
 
+# factored (eq. (16')-(18')): B (D C, H) and E^T P ((D + 1) C, H) are made besides the buffers
+FACTORED_ROWS = (4, 12, 16)
+
+
 @pytest.mark.parametrize("needs", NEEDS, ids=NEED_IDS)
 @pytest.mark.parametrize("sigmoid_form", [False, True], ids=["tanh", "sigmoid"])
 @pytest.mark.parametrize("chunking", [(7, 3), (7, 100)], ids=["N7-rows3", "N7-rows100"])
-def test_backward_from_logits_chunked_matches_twin(chunking, sigmoid_form, needs, monkeypatch):
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
+def test_backward_from_logits_chunked_matches_twin(factored, chunking, sigmoid_form, needs, monkeypatch):
     N, rows = chunking
     x, _, _, params = problem(N=N, H=6)
     grad_z2 = torch.randn(N, 4, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
@@ -130,21 +135,22 @@ def test_backward_from_logits_chunked_matches_twin(chunking, sigmoid_form, needs
     W1, b1, W2, _ = params
     with Allocations() as allocations:
         grads = chunked.backward_from_logits_chunked(
-            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form
+            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, factored=factored
         )
     assert len(grads) == 5
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
         assert_close_relative(g, r, f"gradient of {name}")
-    if any(needs[:4]):
+    if any(needs[:4]):  # factored: P = 1 - a1^2 over the recomputed a1, no second buffer
         _assert_chunks(calls, N, rows)
-        assert_buffers(allocations.ops, 6, min(N, rows), 2 if any(needs[:3]) else 1)
+        assert_buffers(allocations.ops, 6, min(N, rows), 2 if any(needs[:3]) and not factored else 1, FACTORED_ROWS)
     else:
         assert calls == [], "only db2 asked: no chunk pass"
 
 
 @pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda c: "N{}-rows{}".format(*c))
 @pytest.mark.parametrize("sigmoid_form", [False, True], ids=["tanh", "sigmoid"])
-def test_backward_from_logits_chunked_every_gradient(chunking, sigmoid_form, monkeypatch):
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
+def test_backward_from_logits_chunked_every_gradient(factored, chunking, sigmoid_form, monkeypatch):
     N, rows = chunking
     x, _, _, params = problem(N=N, H=6, scale=2.0)
     grad_z2 = torch.randn(N, 4, generator=torch.Generator().manual_seed(4), dtype=x.dtype)
@@ -153,12 +159,12 @@ def test_backward_from_logits_chunked_every_gradient(chunking, sigmoid_form, mon
     needs = (True,) * 5
     with Allocations() as allocations:
         grads = chunked.backward_from_logits_chunked(
-            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form
+            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, factored=factored
         )
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
         assert_close_relative(g, r, f"gradient of {name}")
     _assert_chunks(calls, N, rows)
-    assert_buffers(allocations.ops, 6, min(N, rows), 2)
+    assert_buffers(allocations.ops, 6, min(N, rows), 1 if factored else 2, FACTORED_ROWS)
 
 
 @pytest.mark.parametrize("needs", [(True,) * 5, (False, False, False, False, True), (True, False, True, False, False)])
@@ -193,14 +199,38 @@ def test_backward_from_logits_chunked_float32_sigmoid_form():
 @pytest.mark.parametrize("N, H", [(7, 5), (40, 120)], ids=["tanh", "sigmoid-form"])
 @pytest.mark.parametrize("needs", [(True,) * 5, (False, True, False, True, False), (True, False, True, False, True)])
 @pytest.mark.parametrize("keep_a1", [False, True], ids=["recompute-a1", "keep-a1"])
-def test_functional_chunked_path_matches_twin(entry, N, H, needs, keep_a1, monkeypatch):
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
+def test_functional_chunked_path_matches_twin(entry, N, H, needs, keep_a1, factored, monkeypatch):
     monkeypatch.setattr(modes, "CHUNKED_NETWORK_MIN_ROWS", 4)
     monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS", 3)
     monkeypatch.setattr(modes, "KEEP_A1_BELOW_ROWS", N + 1 if keep_a1 else N)
-    calls = _spy_chunks(monkeypatch)
+    monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", 16 if factored else 15)  # (D + 1) C = 16
+    calls, kinds = _spy_chunks(monkeypatch), []
+    original = autograd.backward_from_logits_chunked
+    monkeypatch.setattr(
+        autograd, "backward_from_logits_chunked", lambda *a, **k: kinds.append(k["factored"]) or original(*a, **k)
+    )
     x, _, _, params = problem(N=N, H=H)
     manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
     twin = reference.probs if entry == "probs" else reference.logits
     assert_matches_twin(manual, twin, [x, *params], list(needs))
     chunks = math.ceil(N / 3)
     assert len(calls) == (1 if keep_a1 else 2) * chunks, "a1 by chunks of 3 rows in forward, in backward unless kept"
+    assert kinds and set(kinds) == {factored}, f"factored per modes.FACTORED_MAX_PRODUCTS: {kinds}"
+
+
+@pytest.mark.parametrize("entry", ["probs", "logits"])
+def test_factored_backward_leaves_the_kept_a1_for_a_second_backward(entry, monkeypatch):
+    """P = 1 - a1^2 goes into a buffer, not over the a1 the forward kept: retain_graph gives the same twice."""
+    monkeypatch.setattr(modes, "CHUNKED_NETWORK_MIN_ROWS", 4)
+    monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS", 3)
+    monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", 16)
+    x, _, _, params = problem(N=7, H=5)
+    leaves = [p.clone().requires_grad_() for p in params]
+    manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
+    out = manual(x, *leaves)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(6), dtype=out.dtype)
+    first = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+    second = torch.autograd.grad(out, leaves, grad_out)
+    for name, a, b in zip(["W1", "b1", "W2", "b2"], first, second):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=lambda m, name=name: f"second backward, {name}: {m}")

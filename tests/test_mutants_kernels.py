@@ -262,9 +262,11 @@ NEEDS_SOME = [(True,) * 5, (True, False, False, False, False), (False, True, Tru
 @pytest.mark.parametrize("form", [(False, False), (True, True)], ids=["tanh", "sigmoid-colmajor"])
 @pytest.mark.parametrize("rows", [7, 100, 5, 2, 1])
 @pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
 @pytest.mark.filterwarnings("error")
-def test_loss_and_gradients_matches_twin_and_its_buffers(soft, rows, form, needs, monkeypatch):
-    """Values against the twin; the chunks through two (rows, H) buffers, W1 and b1 doubled once, a1 in place."""
+def test_loss_and_gradients_matches_twin_and_its_buffers(factored, soft, rows, form, needs, monkeypatch):
+    """Values against the twin; the chunks through two (rows, H) buffers (one when factored: P is
+    written over a1), W1 and b1 doubled once, a1 in place."""
     sigmoid_form, column_major_W2 = form
     N, D, H = 7, 3, 6
     x, indices, probabilities, params = problem(N=N, D=D, H=H)
@@ -285,7 +287,14 @@ def test_loss_and_gradients_matches_twin_and_its_buffers(soft, rows, form, needs
     monkeypatch.setattr(kernels, "column_major", lambda W2: layouts.append(W2) or W2.T.contiguous().T)
     with Allocations() as allocations:
         loss, grads = kernels.loss_and_gradients(
-            x, target, *params, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, column_major_W2=column_major_W2
+            x,
+            target,
+            *params,
+            needs,
+            chunk_rows=rows,
+            sigmoid_form=sigmoid_form,
+            column_major_W2=column_major_W2,
+            factored=factored,
         )
     twin = [t.clone().requires_grad_(n) for t, n in zip([x, *params], needs)]
     ref_loss = reference.loss(twin[0], target, *twin[1:], reduction="sum")
@@ -299,11 +308,11 @@ def test_loss_and_gradients_matches_twin_and_its_buffers(soft, rows, form, needs
     assert deltas == [True] * n_chunks, "delta2 = y_hat - y in place on the fresh y_hat"
     assert len(layouts) == column_major_W2
     made = [shape for name, shape in allocations.ops if name == "new_empty.default"]
-    need_delta1 = any(needs[:3])
-    expected = [(rows, H)] * (chunked + (chunked and need_delta1)) + [(N, D)] * (chunked and needs[0])
+    grad_hidden = any(needs[:3]) and not factored
+    expected = [(rows, H)] * (chunked + (chunked and grad_hidden)) + [(N, D)] * ((chunked or factored) and needs[0])
     assert made == expected, f"new_empty {made}, expected {expected}"
-    if chunked:
-        assert_buffers(allocations.ops, H, rows, 1 + need_delta1, allowed_rows=(D, 4))
+    if chunked:  # factored: also B (D C, H) and E^T P ((D + 1) C, H), C = 4
+        assert_buffers(allocations.ops, H, rows, 1 + grad_hidden, allowed_rows=(D, 4, D * 4, (D + 1) * 4))
 
 
 @pytest.mark.parametrize("needs", NEEDS_SOME[:3], ids=lambda n: "".join("1" if b else "0" for b in n))

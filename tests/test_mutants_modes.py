@@ -73,6 +73,17 @@ def test_column_major_pays_from_its_threshold_on_the_cpu():
     assert _under("vmap", lambda t: modes.column_major_pays(W2, rows)) == [False]
 
 
+FACTORED = [(2, 2, True), (3, 2, True), (1, 4, True), (2, 3, False), (7, 1, True), (2, 0, False)]  # (D, C, pays)
+
+
+@pytest.mark.parametrize("D, C, expected", FACTORED)
+def test_factored_first_layer_pays_for_few_products_on_the_cpu(D, C, expected):
+    """(D + 1) C columns of [x, 1] (x) delta2, at most modes.FACTORED_MAX_PRODUCTS = 8."""
+    x, W2 = torch.zeros(5, D), torch.zeros(4, C)
+    assert modes.factored_first_layer_pays(x, W2) is expected
+    assert modes.factored_first_layer_pays(x.to("meta"), W2.to("meta")) is False
+
+
 def _plan_tensors(N, dtype=torch.float32, device="cpu", labels=torch.int64, rank=2, H=256):
     x = torch.zeros((N, 2) if rank == 2 else (2,), dtype=dtype, device=device)
     W1, W2 = torch.zeros(2, H, dtype=dtype, device=device), torch.zeros(H, 3, dtype=dtype, device=device)
@@ -155,11 +166,12 @@ def test_precomputed_loss_form_and_layout(monkeypatch):
     with functional.loss_gradients_in_forward(True, chunk_rows=30):
         loss = functional.two_layer_net_loss(x, indices, *leaves)
     assert_close_relative(loss.detach(), reference.loss(x, indices, *params), "loss")
-    assert calls == [dict(chunk_rows=30, sigmoid_form=True, column_major_W2=True)]
+    assert calls == [dict(chunk_rows=30, sigmoid_form=True, column_major_W2=True, factored=False)], "(D + 1) C = 16"
     calls.clear()
+    monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", 16)
     with functional.loss_gradients_in_forward(True, chunk_rows=10):
         functional.two_layer_net_loss(x[:36], indices[:36], *leaves)
-    assert calls == [dict(chunk_rows=10, sigmoid_form=True, column_major_W2=False)], "10-row chunks: row-major"
+    assert calls == [dict(chunk_rows=10, sigmoid_form=True, column_major_W2=False, factored=True)], "factored"
 
 
 @pytest.mark.parametrize("in_forward", [False, True])

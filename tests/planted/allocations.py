@@ -29,7 +29,7 @@ class Allocations(TorchDispatchMode):
 
 # ops that may produce a (n, H) tensor: views (of a buffer or of b1), or writes into a buffer
 INTO_BUFFERS = {"slice.Tensor", "unsqueeze.default", "t.default", "mm.out", "addmm.out", "add.out",
-                "sigmoid_.default", "tanh_.default", "tanh_backward.grad_input"}  # fmt: skip
+                "sigmoid_.default", "tanh_.default", "tanh_backward.grad_input", "addcmul.out"}  # fmt: skip
 
 
 def assert_buffers(ops, H, rows, buffers, allowed_rows=(4,)):

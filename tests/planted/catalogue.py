@@ -71,6 +71,11 @@ EAGER_LAYOUT_FROM_16 = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[16-True
 EAGER, MODES = "manualgrad/eager.py", "manualgrad/modes.py"
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
 TANGENTS, CHUNKED = "manualgrad/tangents.py", "manualgrad/chunked.py"
+FACTORED = "manualgrad/factored.py"
+C = "tests/test_mutants_chunked.py::"
+FACTORED_LOSS = K + "test_loss_and_gradients_matches_twin_and_its_buffers[factored-indices-5-sigmoid-colmajor-11111]"
+FACTORED_BACKWARD = C + "test_backward_from_logits_chunked_every_gradient[factored-sigmoid-N7-rows3]"
+FACTORED_WIRED = C + "test_functional_chunked_path_matches_twin[factored-{}-needs0-sigmoid-form-logits]"
 KEPT_A1 = "tests/test_chunked_network.py::test_a_kept_a1_gives_what_recomputing_gives[{}]"
 TEXTBOOK, VALIDATION = "manualgrad/textbook.py", "manualgrad/validation.py"
 
@@ -190,6 +195,37 @@ CATALOGUE = [
         "out = hidden[:n] if a1_out is None else a1_out[start : start + n]",
         "out = hidden[:n] if a1_out is None else a1_out[:n]",
         (KEPT_A1.format("True-24"),), verify=False),
+    # --- eq. (16')-(18') of factored.py: the first layer's gradients without delta1 -------------
+    Bug("drop-tanh-slope/factored", FACTORED,
+        "return torch.addcmul(a1.new_ones(()), a1, a1, value=-1, out=out)", "return out.fill_(1)",
+        (FACTORED_LOSS, FACTORED_BACKWARD)),
+    Bug("wrong-tanh-slope/factored", FACTORED,
+        "return torch.addcmul(a1.new_ones(()), a1, a1, value=-1, out=out)",
+        "return torch.sub(a1.new_ones(()), a1, out=out)",
+        (FACTORED_LOSS, FACTORED_BACKWARD)),
+    Bug("class-order/factored-products", FACTORED,
+        "return (xs_1.unsqueeze(2) * delta2.unsqueeze(1)).reshape(n, -1)",
+        "return (delta2.unsqueeze(2) * xs_1.unsqueeze(1)).reshape(n, -1)",
+        (FACTORED_LOSS, FACTORED_BACKWARD)),
+    Bug("class-order/factored-sum", FACTORED,
+        "return (products.view(-1, C, H) * W2.t()).sum(1)",
+        "return (products.view(C, -1, H).transpose(0, 1) * W2.t()).sum(1)",
+        (FACTORED_LOSS, FACTORED_BACKWARD)),
+    Bug("transpose/factored-input-weights", FACTORED,
+        "return (W1.unsqueeze(1) * W2.t().unsqueeze(0)).reshape(-1, H).t()",
+        "return (W1.unsqueeze(1) * W2.t().unsqueeze(0)).reshape(H, -1)",
+        (FACTORED_LOSS, FACTORED_BACKWARD)),
+    Bug("P-over-kept-a1/factored", CHUNKED,
+        "P = tanh_derivative(a1s, out=a1s if in_a1 else grad_hidden[:n])",
+        "P = tanh_derivative(a1s, out=a1s)",
+        (C + "test_factored_backward_leaves_the_kept_a1_for_a_second_backward[logits]",), verify=False),
+    Bug("db1-row/factored-loss", KERNELS,
+        "(grad_W1_b1[-1] if need_b1 else None)", "(grad_W1_b1[0] if need_b1 else None)",
+        (FACTORED_LOSS,)),
+    Bug("threshold/factored", MODES,
+        "0 < (x.shape[1] + 1) * W2.shape[1] <= FACTORED_MAX_PRODUCTS",
+        "0 < (x.shape[1] + 1) * W2.shape[1] < FACTORED_MAX_PRODUCTS",
+        (FACTORED_WIRED.format("recompute-a1"),), verify=False),
     # --- forward mode: a wrong sign in a jvp term, the target's tangent ------------------------
     Bug("jvp-sign/W2-term", TANGENTS,
         "None if tW2 is None else a1 @ tW2,", "None if tW2 is None else -(a1 @ tW2),",
