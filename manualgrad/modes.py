@@ -31,11 +31,13 @@ from torch import Tensor
 # seen yet (tests that set them start from an empty cache, tests/conftest.py).
 #
 # Rows of x per chunk when the loss computes gradients in its forward. On the CPU, small enough
-# that the two (rows, H) buffers stay in cache, large enough that the per-chunk Python overhead
-# is negligible (at H=500, 1 thread: 1024 rows best of 512 to 4096 at N=4096 and 65536, by 5-10%
-# over 2048, on a 2-core EPYC shared with other work). On accelerators, where every op is a
+# that the (rows, H) buffers stay in cache, large enough that the per-chunk Python overhead (about
+# 25 ops a chunk) is small. At H=500, 1 thread, on a 2-core EPYC shared with other work: with two
+# buffers (delta1 formed), 1024 rows were best of 512 to 4096, by 5-10% over 2048; with one
+# (eq. (16')-(18'), FACTORED_MAX_PRODUCTS), 2048 rows take 0.97x the time of 1024 at N=4096 and
+# 0.95x at N=65536 (interleaved, median of 60 and 8 rounds). On accelerators, where every op is a
 # kernel launch, fewer and larger chunks (not tuned).
-LOSS_CHUNK_ROWS = 1024
+LOSS_CHUNK_ROWS = 2048
 LOSS_CHUNK_ROWS_ACCELERATOR = 16384
 # From this many rows the loss computes its gradients in the forward by row chunks, when they
 # will be needed. Fewer (the chunk loop costs about 60 us of Python at N=1, CPU, H=500): the loss
