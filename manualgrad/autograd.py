@@ -31,14 +31,13 @@ from torch import Tensor
 from torch.autograd import Function
 
 from . import modes
-from .chunked import backward_from_logits_chunked, network_output_chunked
+from .chunked import backward_from_logits_chunked, loss_and_gradients, network_output_chunked
 from .kernels import (
     backward_from_logits,
     column_major,
     cross_entropy_of_log_probs,
     hidden_activation,
     hidden_activation_fast,
-    loss_and_gradients,
     loss_grad_logits,
     loss_grad_target,
     mean_scale,

@@ -1,6 +1,6 @@
 """Eq. (16)-(18) without delta1, for networks with few inputs and classes: one pass over (n, H) fewer.
 
-The row-chunked kernels (``kernels.loss_and_gradients``, ``chunked.backward_from_logits_chunked``)
+The row-chunked kernels (``chunked.loss_and_gradients``, ``chunked.backward_from_logits_chunked``)
 spend their time in passes over (rows, H) tensors. The first layer's gradients, written as the
 derivation writes them, take four: dL/da1 = delta2 W2^T (10), delta1 = dL/da1 (1 - a1^2) (11),
 [x, 1]^T delta1 (16), (17), and delta1 W1^T (18). With P = 1 - a1^2 (N, H) and delta1 = (delta2 W2^T) P

@@ -8,10 +8,10 @@ wiring in ``functional.py``:
 * ``in_place``: whether the kernel may overwrite tensors it created itself (False when the
   backward is being recorded, so that autograd sees out-of-place ops);
 * ``sigmoid_form``: whether eq. (2) is evaluated as tanh z1 = 2 sigmoid(2 z1) - 1;
-* ``chunk_rows``: the rows per chunk of the loss that computes its gradients in the forward;
-* a W2 given in column-major layout (:func:`column_major`) where that is faster;
-* ``factored``: whether the chunked loss takes the first layer's gradients by eq. (16')-(18')
-  of ``factored.py``, without delta1.
+* a W2 given in column-major layout (:func:`column_major`) where that is faster.
+
+The kernels that walk the batch in chunks of rows (the loss with its gradients in the forward,
+the probs and logits at large N) are in ``chunked.py``.
 
 The kernels are checked against ``textbook.py`` and against native autograd by the tests.
 """
@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .factored import accumulate_products, first_layer_gradients, input_gradient, input_weights, tanh_derivative
 from .tangents import add_tangents, logits_tangent, softmax_jvp  # noqa: F401  the forward-mode formulas, re-exported
 
 # ----------------------------------------------------------------------------------------
@@ -289,90 +288,3 @@ def backward_from_logits(
 
 
 _tanh_backward = torch.ops.aten.tanh_backward.default  # (g, a) -> g * (1 - a^2), one pass
-
-
-def loss_and_gradients(
-    x: Tensor,
-    target: Tensor,
-    W1: Tensor,
-    b1: Tensor,
-    W2: Tensor,
-    b2: Tensor,
-    needs: Sequence[bool],
-    *,
-    chunk_rows: int,
-    sigmoid_form: bool,
-    column_major_W2: bool,
-    factored: bool = False,
-) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-    """The summed loss and its gradients (dx, dW1, db1, dW2, db2), in one pass over row chunks.
-
-    Used by the loss's forward when gradients will be needed: the upstream gradient of a
-    scalar loss is only a scale, so backward multiplies these by it (and by the 1/N of the
-    mean). Two (chunk_rows, H) buffers serve every chunk; nothing of size (N, H) is allocated.
-    Works in place on its own tensors: never call it where autograd records.
-    ``sigmoid_form``: eq. (2) as 2 sigmoid(2 z1) - 1 when there is more than one chunk (W1 and
-    b1 doubled once); ``column_major_W2``: multiply by W2 in column-major layout; ``factored``:
-    eq. (16)-(18) as ``factored.py``'s (16')-(18'), without forming delta1.
-    """
-    need_x, need_W1, need_b1, need_W2, need_b2 = needs
-    need_delta1 = need_x or need_W1 or need_b1
-    N, H = x.shape[0], W1.shape[1]
-    if N == 0:  # empty batch: the sum is 0, and so is every gradient
-        zero_grads = tuple(torch.zeros_like(t) if n else None for t, n in zip((x, W1, b1, W2, b2), needs))
-        return x.new_zeros(()), zero_grads
-    rows = min(N, chunk_rows)
-    chunked = rows < N  # one chunk: no slices, no buffers, the fresh tensors are updated in place
-    hidden = x.new_empty(rows, H) if chunked else None  # (rows, H)  z1, then a1
-    grad_hidden = x.new_empty(rows, H) if chunked and need_delta1 and not factored else None  # (rows, H)  delta1
-    grad_x = x.new_empty(x.shape) if need_x and (chunked or factored) else None  # (N, D)
-    W2_cols = column_major(W2) if column_major_W2 else W2  # (H, C)
-    doubled = chunked and sigmoid_form  # tanh z1 = 2 sigmoid(2 z1) - 1: double W1, b1 once
-    W1_a, b1_a = (W1 * 2, b1 * 2) if doubled else (W1, b1)  # (D, H), (H,)
-    loss = grad_W1 = grad_b1 = grad_W2_T = grad_b2 = products = None
-    if factored:  # (N, D + 1) [x, 1]; (H, D C) B of eq. (18')
-        x_1, B = torch.cat((x, x.new_ones(N, 1)), 1), input_weights(W1, W2)
-    for start in range(0, N, rows):
-        xs, ts = (x[start : start + rows], target[start : start + rows]) if chunked else (x, target)
-        n = xs.shape[0]  # xs (n, D), ts (n,) or (n, C)
-        buffer = hidden[:n] if chunked else None  # (n, H)
-        a1 = hidden_activation_fast(  # (n, H)  eq. (1), (2)
-            xs, W1_a, b1_a, buffer, sigmoid_form=sigmoid_form, in_place=True, doubled=doubled
-        )
-        log_probs = torch.log_softmax(torch.addmm(b2, a1, W2_cols), 1)  # (n, C)  eq. (3), (4)
-        loss = _accumulate(loss, per_sample_loss(log_probs, ts).sum())  # ()  eq. (5), summed over rows
-        delta2 = loss_grad_logits(log_probs, ts, "sum", None, in_place=True)  # (n, C)  eq. (7), summed loss
-        if need_W2:
-            grad_W2_T = _accumulate_mm(grad_W2_T, delta2.t(), a1)  # (C, H)  eq. (14), transposed
-        if need_b2:
-            grad_b2 = _accumulate(grad_b2, delta2.sum(0))  # (C,)  eq. (15)
-        if need_delta1 and factored:
-            P = tanh_derivative(a1, out=a1)  # (n, H)  1 - a1^2, in place: a1 is not read again
-            products = accumulate_products(products, x_1[start : start + n], delta2, P)  # ((D + 1) C, H)
-            if need_x:
-                input_gradient(P, delta2, B, out=grad_x[start : start + n])  # (n, D)  eq. (18')
-        elif need_delta1:
-            grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)  # (n, H)  eq. (10)
-            # (n, H)  eq. (11): dL/da1 (1 - a1^2), one fused pass in place
-            delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)
-            if need_W1:
-                grad_W1 = _accumulate_mm(grad_W1, xs.t(), delta1)  # (D, H)  eq. (16)
-            if need_b1:
-                grad_b1 = _accumulate(grad_b1, delta1.sum(0))  # (H,)  eq. (17)
-            if need_x and chunked:
-                torch.mm(delta1, W1.t(), out=grad_x[start : start + n])  # (n, D)  eq. (18)
-            elif need_x:
-                grad_x = torch.mm(delta1, W1.t())  # (N, D)  eq. (18)
-    if products is not None:  # (D + 1, H)  [dW1; db1], eq. (16'), (17')
-        grad_W1_b1 = first_layer_gradients(products, W2)
-        grad_W1, grad_b1 = (grad_W1_b1[:-1] if need_W1 else None), (grad_W1_b1[-1] if need_b1 else None)
-    grad_W2 = None if grad_W2_T is None else grad_W2_T.t()  # (H, C)  eq. (14)
-    return loss, (grad_x, grad_W1, grad_b1, grad_W2, grad_b2)
-
-
-def _accumulate(total: Tensor | None, term: Tensor) -> Tensor:
-    return term if total is None else total.add_(term)
-
-
-def _accumulate_mm(total: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
-    return torch.mm(a, b) if total is None else total.addmm_(a, b)

@@ -239,13 +239,13 @@ def test_verify_command_rejects_bad_options():
 
 
 def test_layers_depend_one_way_and_kernels_never_ask_the_mode():
-    """functional -> eager -> autograd -> kernels (and tangents, factored); modes answers mode questions. The
-    kernels import none of the wiring and call none of PyTorch's mode queries: the wiring passes
-    what they need."""
+    """functional -> eager -> autograd -> chunked -> kernels (and tangents, factored); modes answers
+    mode questions. The kernels import none of the wiring and call none of PyTorch's mode queries:
+    the wiring passes what they need."""
     import ast
     import inspect
 
-    from manualgrad import factored, kernels, modes, tangents
+    from manualgrad import chunked, factored, kernels, modes, tangents
 
     def imported(module):
         names = set()
@@ -254,12 +254,13 @@ def test_layers_depend_one_way_and_kernels_never_ask_the_mode():
                 names |= {node.module} if node.module else {alias.name for alias in node.names}
         return names
 
-    assert imported(kernels) == {"factored", "tangents"}
+    assert imported(kernels) == {"tangents"}
+    assert imported(chunked) == {"factored", "kernels"}
     assert imported(tangents) == imported(factored) == set()
     assert imported(modes) == set()
     assert not imported(autograd) & {"functional", "module", "eager"}
     assert not imported(eager) & {"functional", "module"}
-    for module in (kernels, tangents, factored):
+    for module in (kernels, chunked, tangents, factored):
         source = inspect.getsource(module)
         for query in ("is_grad_enabled", "is_compiling", "functorch", "forward_ad", "differentiated", "autocast"):
             assert query not in source, f"{module.__name__} asks {query}"

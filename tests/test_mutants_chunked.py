@@ -1,4 +1,5 @@
-"""chunked.py (row-chunked probs/logits forward, recomputing backward) against the native-autograd twin.
+"""chunked.py (the loss's gradients in the forward; the row-chunked probs/logits forward and recomputing
+backward) against the native-autograd twin.
 
 The kernels are called directly, with small chunk sizes, so that a few rows reach every path: one
 chunk, several with a one-row last chunk, one row per chunk, the sigmoid form of tanh, the
@@ -190,6 +191,80 @@ def test_backward_from_logits_chunked_float32_sigmoid_form():
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, ref):
         assert g.dtype == torch.float32
         assert_close_relative(g.double(), r, f"float32 gradient of {name}", rtol=1e-5)
+
+
+# ---- loss_and_gradients (the loss's gradients in the forward) called directly ------------------------
+
+NEEDS_SOME = [(True,) * 5, (True, False, False, False, False), (False, True, True, False, False),
+              (False, False, False, True, False), (False, False, False, False, True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("needs", NEEDS_SOME, ids=lambda n: "".join("1" if b else "0" for b in n))
+@pytest.mark.parametrize("form", [(False, False), (True, True)], ids=["tanh", "sigmoid-colmajor"])
+@pytest.mark.parametrize("rows", [7, 100, 5, 2, 1])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
+@pytest.mark.filterwarnings("error")
+def test_loss_and_gradients_matches_twin_and_its_buffers(factored, soft, rows, form, needs, monkeypatch):
+    """Values against the twin; the chunks through two (rows, H) buffers (one when factored: P is
+    written over a1), W1 and b1 doubled once, a1 in place."""
+    sigmoid_form, column_major_W2 = form
+    N, D, H = 7, 3, 6
+    x, indices, probabilities, params = problem(N=N, D=D, H=H)
+    target = probabilities if soft else indices
+    calls, layouts, deltas = [], [], []
+    original, original_delta2 = chunked.hidden_activation_fast, chunked.loss_grad_logits
+
+    def spy(xs, W1, b1, out=None, **kw):
+        calls.append((out is not None, kw["sigmoid_form"], bool(kw.get("doubled")), kw["in_place"]))
+        return original(xs, W1, b1, out, **kw)
+
+    def spy_delta2(*args, **kw):
+        deltas.append(kw.get("in_place"))
+        return original_delta2(*args, **kw)
+
+    monkeypatch.setattr(chunked, "hidden_activation_fast", spy)
+    monkeypatch.setattr(chunked, "loss_grad_logits", spy_delta2)
+    monkeypatch.setattr(chunked, "column_major", lambda W2: layouts.append(W2) or W2.T.contiguous().T)
+    with Allocations() as allocations:
+        loss, grads = chunked.loss_and_gradients(
+            x,
+            target,
+            *params,
+            needs,
+            chunk_rows=rows,
+            sigmoid_form=sigmoid_form,
+            column_major_W2=column_major_W2,
+            factored=factored,
+        )
+    twin = [t.clone().requires_grad_(n) for t, n in zip([x, *params], needs)]
+    ref_loss = reference.loss(twin[0], target, *twin[1:], reduction="sum")
+    ref_grads = iter(torch.autograd.grad(ref_loss, [t for t in twin if t.requires_grad]))
+    assert_close_relative(loss, ref_loss.detach(), "summed loss")
+    for name, g, n in zip(["x", "W1", "b1", "W2", "b2"], grads, needs):
+        assert_close_relative(g, next(ref_grads) if n else None, f"gradient of {name}")
+    several = rows < N
+    n_chunks = -(-N // rows) if several else 1
+    assert calls == [(several, sigmoid_form, several and sigmoid_form, True)] * n_chunks
+    assert deltas == [True] * n_chunks, "delta2 = y_hat - y in place on the fresh y_hat"
+    assert len(layouts) == column_major_W2
+    made = [shape for name, shape in allocations.ops if name == "new_empty.default"]
+    grad_hidden = any(needs[:3]) and not factored
+    expected = [(rows, H)] * (several + (several and grad_hidden)) + [(N, D)] * ((several or factored) and needs[0])
+    assert made == expected, f"new_empty {made}, expected {expected}"
+    if several:  # factored: also B (D C, H) and E^T P ((D + 1) C, H), C = 4
+        assert_buffers(allocations.ops, H, rows, 1 + grad_hidden, allowed_rows=(D, 4, D * 4, (D + 1) * 4))
+
+
+@pytest.mark.parametrize("needs", NEEDS_SOME[:3], ids=lambda n: "".join("1" if b else "0" for b in n))
+def test_loss_and_gradients_empty_batch(needs):
+    x, indices, _, params = problem(N=0)
+    loss, grads = chunked.loss_and_gradients(
+        x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True
+    )
+    assert loss.shape == () and loss == 0
+    for name, g, t, n in zip(["x", "W1", "b1", "W2", "b2"], grads, [x, *params], needs):
+        assert (g is None) if not n else (g.shape == t.shape and (g == 0).all()), f"gradient of {name}"
 
 
 # ---- the wiring (autograd.py) with the chunking thresholds of modes.py lowered ----------------------

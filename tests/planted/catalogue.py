@@ -73,7 +73,7 @@ KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py
 TANGENTS, CHUNKED = "manualgrad/tangents.py", "manualgrad/chunked.py"
 FACTORED = "manualgrad/factored.py"
 C = "tests/test_mutants_chunked.py::"
-FACTORED_LOSS = K + "test_loss_and_gradients_matches_twin_and_its_buffers[factored-indices-5-sigmoid-colmajor-11111]"
+FACTORED_LOSS = C + "test_loss_and_gradients_matches_twin_and_its_buffers[factored-indices-5-sigmoid-colmajor-11111]"
 FACTORED_BACKWARD = C + "test_backward_from_logits_chunked_every_gradient[factored-sigmoid-N7-rows3]"
 FACTORED_WIRED = C + "test_functional_chunked_path_matches_twin[factored-{}-needs0-sigmoid-form-logits]"
 KEPT_A1 = "tests/test_chunked_network.py::test_a_kept_a1_gives_what_recomputing_gives[{}]"
@@ -87,7 +87,7 @@ CATALOGUE = [
     Bug("drop-tanh-slope/recorded-backward", KERNELS,
         "grad_z1 = grad_a1 - grad_a1 * (a1 * a1)", "grad_z1 = grad_a1",
         (HVP.format("logits"), HVP.format("loss-mean"))),
-    Bug("drop-tanh-slope/chunked-loop", KERNELS,
+    Bug("drop-tanh-slope/chunked-loop", CHUNKED,
         "delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)", "delta1 = grad_a1",
         (LOSS_FWD_CHUNKED,)),
     Bug("drop-tanh-slope/jvp", TANGENTS,
@@ -97,7 +97,7 @@ CATALOGUE = [
         "grad_z1 = grad_a1 * (1 - a1 * a1)", "grad_z1 = grad_a1",
         (TEXTBOOK_PROBS,), verify=False),
     # --- wrong tanh slope: 1 - a1 for 1 - a1^2 (chunked loop), 1.999 for 2 in the sigmoid form --
-    Bug("wrong-tanh-slope/chunked-loop", KERNELS,
+    Bug("wrong-tanh-slope/chunked-loop", CHUNKED,
         "delta1 = torch.ops.aten.tanh_backward.grad_input(grad_a1, a1, grad_input=grad_a1)",
         "delta1 = grad_a1.addcmul_(grad_a1, a1, value=-1)",
         (LOSS_FWD_CHUNKED,)),
@@ -166,16 +166,16 @@ CATALOGUE = [
         "grad_a1 = torch.mm(grad_z2, W2.t())  # (N, H)  eq. (10)",
         "grad_a1 = torch.mm(grad_z2, (a1 @ W2).t())  # (N, H)  eq. (10): z2 = a1 W2 where W2 belongs",
         (LOGITS, LOSS_BWD)),
-    Bug("z2-for-W2/chunked-loop", KERNELS,
+    Bug("z2-for-W2/chunked-loop", CHUNKED,
         "grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)",
         "grad_a1 = torch.mm(delta2, torch.addmm(b2, a1, W2).t(), out=grad_hidden[:n] if chunked else None)",
         (LOSS_FWD_CHUNKED,)),
     Bug("W1-for-W1T/backward", KERNELS,
         "grad_x = torch.mm(grad_z1, W1.t())  # (N, D)  eq. (18)", "grad_x = torch.mm(grad_z1, W1)  # (N, D)  eq. (18)",
         (LOGITS,)),
-    Bug("W1-for-W1T/chunked-loop", KERNELS,
-        "torch.mm(delta1, W1.t(), out=grad_x[start : start + n])",
-        "torch.mm(delta1, W1, out=grad_x[start : start + n])",
+    Bug("W1-for-W1T/chunked-loop", CHUNKED,
+        "if need_x and chunked:\n                torch.mm(delta1, W1.t(), out=grad_x[start : start + n])",
+        "if need_x and chunked:\n                torch.mm(delta1, W1, out=grad_x[start : start + n])",
         (LOSS_FWD_CHUNKED,)),
     Bug("W1-for-W1T/textbook", TEXTBOOK,
         "grad_x = grad_z1 @ W1.T  # (N, H)(H, D)", "grad_x = grad_z1 @ W1  # (N, H)(H, D)",
@@ -184,8 +184,8 @@ CATALOGUE = [
         "grad_z1 = grad_a1 - grad_a1 * (a1 * a1)", "grad_z1 = grad_a1 - grad_a1 @ (a1 * a1)",
         (HVP.format("probs"),)),
     # --- the chunk loop: an off-by-one ----------------------------------------------------------
-    Bug("off-by-one/chunk-loop", KERNELS,
-        "for start in range(0, N, rows):", "for start in range(0, N - 1, rows):",
+    Bug("off-by-one/chunk-loop", CHUNKED,
+        "for start in range(0, N, rows):\n        xs, ts =", "for start in range(0, N - 1, rows):\n        xs, ts =",
         (LOSS_FWD_CHUNKED,)),
     # --- the chunked probs and logits with a1 kept: every chunk reads the first chunk's rows ----
     Bug("kept-a1/first-chunk-only/backward", CHUNKED,
@@ -219,7 +219,7 @@ CATALOGUE = [
         "P = tanh_derivative(a1s, out=a1s if in_a1 else grad_hidden[:n])",
         "P = tanh_derivative(a1s, out=a1s)",
         (C + "test_factored_backward_leaves_the_kept_a1_for_a_second_backward[logits]",), verify=False),
-    Bug("db1-row/factored-loss", KERNELS,
+    Bug("db1-row/factored-loss", CHUNKED,
         "(grad_W1_b1[-1] if need_b1 else None)", "(grad_W1_b1[0] if need_b1 else None)",
         (FACTORED_LOSS,)),
     Bug("threshold/factored", MODES,
