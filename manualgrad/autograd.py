@@ -8,7 +8,7 @@ arguments. How each mode of PyTorch is served:
 * the loss in eager mode, from ``modes.PRECOMPUTE_MIN_ROWS`` rows, computes the parameter gradients
   during the forward, in chunks of rows, when they will be needed (the loss is a scalar, so
   its upstream gradient is only a scale) and saves only parameter-sized tensors; the chunks
-  reuse two (chunk, H) buffers. Smaller batches, in plain eager mode, are served by the lean
+  reuse one or two (chunk, H) buffers (``chunked.py``). Smaller batches, in plain eager mode, are served by the lean
   Functions of ``eager.py``; elsewhere they save a1 and log y_hat, as probs and logits do;
 * double backward (``create_graph=True``), ``torch.func`` transforms and forward-over-reverse:
   the backward recomputes a1 and y_hat from the saved inputs with differentiable ops, so the
@@ -266,7 +266,8 @@ class LossFunctionNoJvp(Function):
     @staticmethod
     def forward(x, target, W1, b1, W2, b2, reduction, precompute):
         if precompute is not None:
-            rows = modes.chunk_rows(x.device)
+            factored = modes.factored_first_layer_pays(x, W2)
+            rows = modes.chunk_rows(x.device, factored)
             loss_sum, grads = loss_and_gradients(
                 x,
                 target,
@@ -278,7 +279,7 @@ class LossFunctionNoJvp(Function):
                 chunk_rows=rows,
                 sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
                 column_major_W2=modes.column_major_pays(W2, min(x.shape[0], rows)),
-                factored=modes.factored_first_layer_pays(x, W2),
+                factored=factored,
             )
             loss = loss_sum * mean_scale(x.shape[0], W2.shape[1]) if reduction == "mean" else loss_sum  # ()  eq. (5)
             return (loss, *grads)

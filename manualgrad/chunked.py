@@ -23,7 +23,8 @@ autograd wiring calls them only in eager mode and where autograd does not record
 backward). Under double backward, ``torch.func``, compile and export the wiring takes its one
 differentiable path, valid for every N, instead.
 
-Every pass over a (rows, H) chunk counts; these identities remove passes:
+Every pass over a (rows, H) chunk counts; these identities remove passes (the first and fourth
+in the probs and logits kernels, the others in all):
 
 * eq. (1) with the bias inside the product: z1 = [x, 1] [W1; b1], one matmul and no bias copy;
 * ``sigmoid_form`` (CPU, where sigmoid is several times cheaper than tanh): eq. (2) as
@@ -147,7 +148,8 @@ def backward_from_logits_chunked(
             continue
         if factored:  # P = 1 - a1^2: in place on a recomputed a1, into the buffer on a kept one
             P = tanh_derivative(a1s, out=a1s if in_a1 else grad_hidden[:n])  # (n, H)
-            products = accumulate_products(products, xs_1, gs, P)  # ((D + 1) C, H)  eq. (16'), (17')
+            if need_W1 or need_b1:
+                products = accumulate_products(products, xs_1, gs, P)  # ((D + 1) C, H)  eq. (16'), (17')
             if B is not None:  # dx asked for
                 input_gradient(P, gs, B, out=grad_x[start : start + n])  # (n, D)  eq. (18')
             continue
@@ -184,7 +186,8 @@ def loss_and_gradients(
 
     Used by the loss's forward when gradients will be needed: the upstream gradient of a
     scalar loss is only a scale, so backward multiplies these by it (and by the 1/N of the
-    mean). Two (chunk_rows, H) buffers serve every chunk; nothing of size (N, H) is allocated.
+    mean). One (chunk_rows, H) buffer serves every chunk, two where delta1 is formed (not
+    ``factored``); nothing of size (N, H) is allocated.
     Works in place on its own tensors: never call it where autograd records.
     ``sigmoid_form``: eq. (2) as 2 sigmoid(2 z1) - 1 when there is more than one chunk (W1 and
     b1 doubled once); ``column_major_W2``: multiply by W2 in column-major layout; ``factored``:
@@ -205,8 +208,9 @@ def loss_and_gradients(
     doubled = chunked and sigmoid_form  # tanh z1 = 2 sigmoid(2 z1) - 1: double W1, b1 once
     W1_a, b1_a = (W1 * 2, b1 * 2) if doubled else (W1, b1)  # (D, H), (H,)
     loss = grad_W1 = grad_b1 = grad_W2_T = grad_b2 = products = None
-    if factored:  # (N, D + 1) [x, 1]; (H, D C) B of eq. (18')
-        x_1, B = torch.cat((x, x.new_ones(N, 1)), 1), input_weights(W1, W2)
+    factored_first = factored and (need_W1 or need_b1)
+    x_1 = torch.cat((x, x.new_ones(N, 1)), 1) if factored_first else None  # (N, D + 1)  [x, 1]
+    B = input_weights(W1, W2) if factored and need_x else None  # (H, D C)  eq. (18')
     for start in range(0, N, rows):
         xs, ts = (x[start : start + rows], target[start : start + rows]) if chunked else (x, target)
         n = xs.shape[0]  # xs (n, D), ts (n,) or (n, C)
@@ -223,8 +227,9 @@ def loss_and_gradients(
             grad_b2 = _accumulate(grad_b2, delta2.sum(0))  # (C,)  eq. (15)
         if need_delta1 and factored:
             P = tanh_derivative(a1, out=a1)  # (n, H)  1 - a1^2, in place: a1 is not read again
-            products = accumulate_products(products, x_1[start : start + n], delta2, P)  # ((D + 1) C, H)
-            if need_x:
+            if x_1 is not None:  # dW1 or db1 asked for: ((D + 1) C, H)  eq. (16'), (17')
+                products = accumulate_products(products, x_1[start : start + n], delta2, P)
+            if B is not None:  # dx asked for
                 input_gradient(P, delta2, B, out=grad_x[start : start + n])  # (n, D)  eq. (18')
         elif need_delta1:
             grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)  # (n, H)  eq. (10)

@@ -1,4 +1,4 @@
-"""Eq. (16)-(18) without delta1, for networks with few inputs and classes: one pass over (n, H) fewer.
+"""Eq. (16)-(18) without delta1, for networks with few inputs and classes: fewer passes over (n, H).
 
 The row-chunked kernels (``chunked.loss_and_gradients``, ``chunked.backward_from_logits_chunked``)
 spend their time in passes over (rows, H) tensors. The first layer's gradients, written as the
@@ -14,7 +14,9 @@ elementwise, the sums over rows can be taken before the sum over classes (docs/d
 P is one pass (in place on a1 where a1 is the kernel's own buffer), E^T P one read, P B one read:
 no (N, H) write of dL/da1 and no tanh_backward pass. The products have (D + 1) C and D C columns,
 so this pays only while those are few (``modes.factored_first_layer_pays``); the default network
-(D = 2, C = 2) has 6 and 4. Pure tensor functions, like ``kernels.py``; eager mode only.
+(D = 2, C = 2) has 6 and 4. In the loss's chunk loop, where dW1 and db1 were two reads of delta1,
+two passes fewer; in the backward of probs and logits, where [x, 1]^T delta1 was one, one pass fewer.
+Pure tensor functions, like ``kernels.py``; eager mode only.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ def tanh_derivative(a1: Tensor, out: Tensor) -> Tensor:
 
 def class_products(xs_1: Tensor, delta2: Tensor) -> Tensor:
     """E = [x, 1] (x) delta2 (n, (D + 1) C): column (d, c) holds x~_nd delta2_nc, eq. (16'), (17')."""
-    n = xs_1.shape[0]
-    return (xs_1.unsqueeze(2) * delta2.unsqueeze(1)).reshape(n, -1)  # (n, (D + 1) C)
+    (n, D_1), C = xs_1.shape, delta2.shape[1]
+    return (xs_1.unsqueeze(2) * delta2.unsqueeze(1)).reshape(n, D_1 * C)  # (n, (D + 1) C)
 
 
 def accumulate_products(total: Tensor | None, xs_1: Tensor, delta2: Tensor, P: Tensor) -> Tensor:
@@ -43,18 +45,19 @@ def accumulate_products(total: Tensor | None, xs_1: Tensor, delta2: Tensor, P: T
 def first_layer_gradients(products: Tensor, W2: Tensor) -> Tensor:
     """[dW1; db1] (D + 1, H) from the summed E^T P ((D + 1) C, H): the sum over classes, eq. (16'), (17')."""
     H, C = W2.shape
-    return (products.view(-1, C, H) * W2.t()).sum(1)  # (D + 1, H)  sum_c W2_hc (E^T P)_(d,c),h
+    rows = products.shape[0] // C  # D + 1 (sizes written out: a -1 is ambiguous when H = 0)
+    return (products.view(rows, C, H) * W2.t()).sum(1)  # (D + 1, H)  sum_c W2_hc (E^T P)_(d,c),h
 
 
 def input_weights(W1: Tensor, W2: Tensor) -> Tensor:
     """B (H, D C): B_h,(d,c) = W1_dh W2_hc, eq. (18'), stored column by column (P B with few
     columns is several times faster in that layout on the CPU, as a1 W2 is: ``kernels.column_major``)."""
-    H = W2.shape[0]
-    return (W1.unsqueeze(1) * W2.t().unsqueeze(0)).reshape(-1, H).t()  # (H, D C), strides (1, H)
+    (D, H), C = W1.shape, W2.shape[1]
+    return (W1.unsqueeze(1) * W2.t().unsqueeze(0)).reshape(D * C, H).t()  # (H, D C), strides (1, H)
 
 
 def input_gradient(P: Tensor, delta2: Tensor, B: Tensor, out: Tensor) -> Tensor:
     """dx (n, D) into ``out``: sum_c delta2_nc (P B)_n,(d,c), eq. (18')."""
     n, C = delta2.shape
-    PB = torch.mm(P, B).view(n, -1, C)  # (n, D, C)
+    PB = torch.mm(P, B).view(n, out.shape[1], C)  # (n, D, C)
     return torch.sum(PB * delta2.unsqueeze(1), 2, out=out)  # (n, D)

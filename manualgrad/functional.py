@@ -32,7 +32,8 @@ mode at small batches, lean Functions with the same formulas serve them (``eager
 Layers, dependencies one way: this file (public entry points, boundary checks through
 ``validation.py``, decided once per combination of metadata by ``boundary.py``) -> ``eager.py``
 (lean Functions of plain eager mode) -> ``autograd.py`` (the Functions: backward, jvp, vmap,
-compile variants) -> ``kernels.py`` (pure tensor functions); ``modes.py`` answers which mode
+compile variants) -> ``chunked.py`` (the kernels by row chunks, with ``factored.py``) -> ``kernels.py``
+(pure tensor functions); ``modes.py`` answers which mode
 PyTorch is in and holds the precision policy.
 ``textbook.py`` is the same mathematics without speed tricks.
 """

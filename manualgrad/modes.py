@@ -37,7 +37,8 @@ from torch import Tensor
 # (eq. (16')-(18'), FACTORED_MAX_PRODUCTS), 2048 rows take 0.97x the time of 1024 at N=4096 and
 # 0.95x at N=65536 (interleaved, median of 60 and 8 rounds). On accelerators, where every op is a
 # kernel launch, fewer and larger chunks (not tuned).
-LOSS_CHUNK_ROWS = 2048
+LOSS_CHUNK_ROWS = 1024
+LOSS_CHUNK_ROWS_FACTORED = 2048
 LOSS_CHUNK_ROWS_ACCELERATOR = 16384
 # From this many rows the loss computes its gradients in the forward by row chunks, when they
 # will be needed. Fewer (the chunk loop costs about 60 us of Python at N=1, CPU, H=500): the loss
@@ -250,12 +251,15 @@ def loss_strategy() -> LossStrategy:
     return _loss_strategy.get()
 
 
-def chunk_rows(device: torch.device) -> int:
-    """Rows per chunk of the loss that computes its gradients in the forward."""
+def chunk_rows(device: torch.device, factored: bool) -> int:
+    """Rows per chunk of the loss that computes its gradients in the forward; ``factored``: by
+    eq. (16')-(18') (:func:`factored_first_layer_pays`), with one (rows, H) buffer instead of two."""
     rows = _loss_strategy.get().chunk_rows
     if rows is not None:
         return rows
-    return LOSS_CHUNK_ROWS if device.type == "cpu" else LOSS_CHUNK_ROWS_ACCELERATOR
+    if device.type != "cpu":
+        return LOSS_CHUNK_ROWS_ACCELERATOR
+    return LOSS_CHUNK_ROWS_FACTORED if factored else LOSS_CHUNK_ROWS
 
 
 @contextmanager

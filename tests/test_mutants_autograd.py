@@ -177,10 +177,11 @@ def test_finite_reads_the_upstream_gradient_on_the_cpu_only():
 
 def test_chunk_rows_by_device_and_strategy():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert modes.chunk_rows(cpu) == modes.LOSS_CHUNK_ROWS
-    assert modes.chunk_rows(cuda) == modes.LOSS_CHUNK_ROWS_ACCELERATOR
+    assert modes.chunk_rows(cpu, False) == modes.LOSS_CHUNK_ROWS
+    assert modes.chunk_rows(cpu, True) == modes.LOSS_CHUNK_ROWS_FACTORED != modes.LOSS_CHUNK_ROWS
+    assert modes.chunk_rows(cuda, False) == modes.chunk_rows(cuda, True) == modes.LOSS_CHUNK_ROWS_ACCELERATOR
     with functional.loss_gradients_in_forward(True, chunk_rows=3):
-        assert modes.chunk_rows(cpu) == 3 and modes.chunk_rows(cuda) == 3
+        assert modes.chunk_rows(cpu, True) == 3 and modes.chunk_rows(cuda, False) == 3
     assert modes.network_chunk_rows(cpu) == modes.NETWORK_CHUNK_ROWS
     assert modes.network_chunk_rows(cuda) == modes.NETWORK_CHUNK_ROWS_ACCELERATOR
 

@@ -182,11 +182,14 @@ def test_backward_from_logits_chunked_empty_batch(needs):
             assert g.shape == t.shape and g.dtype == t.dtype and (g == 0).all(), f"gradient of {name}"
 
 
-def test_backward_from_logits_chunked_float32_sigmoid_form():
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
+def test_backward_from_logits_chunked_float32_sigmoid_form(factored):
     x, _, _, params = problem(N=9, H=64, dtype=torch.float32, scale=3.0)
     grad_z2 = torch.randn(9, 4, generator=torch.Generator().manual_seed(5))
     W1, b1, W2, _ = params
-    grads = chunked.backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, chunk_rows=4, sigmoid_form=True)
+    grads = chunked.backward_from_logits_chunked(
+        grad_z2, x, W1, b1, W2, (True,) * 5, chunk_rows=4, sigmoid_form=True, factored=factored
+    )
     ref = _backward_twin(grad_z2.double(), x.double(), [p.double() for p in params], (True,) * 5)
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, ref):
         assert g.dtype == torch.float32
@@ -300,6 +303,12 @@ def test_factored_backward_leaves_the_kept_a1_for_a_second_backward(entry, monke
     monkeypatch.setattr(modes, "CHUNKED_NETWORK_MIN_ROWS", 4)
     monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS", 3)
     monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", 16)
+    kinds, original = [], autograd.backward_from_logits_chunked
+    monkeypatch.setattr(
+        autograd,
+        "backward_from_logits_chunked",
+        lambda *a, **k: kinds.append((k["a1"] is not None, k["factored"])) or original(*a, **k),
+    )
     x, _, _, params = problem(N=7, H=5)
     leaves = [p.clone().requires_grad_() for p in params]
     manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
@@ -307,5 +316,43 @@ def test_factored_backward_leaves_the_kept_a1_for_a_second_backward(entry, monke
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(6), dtype=out.dtype)
     first = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
     second = torch.autograd.grad(out, leaves, grad_out)
+    assert kinds == [(True, True)] * 2, "both backwards from the kept a1, factored"
     for name, a, b in zip(["W1", "b1", "W2", "b2"], first, second):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=lambda m, name=name: f"second backward, {name}: {m}")
+
+
+# ---- factored (eq. (16')-(18')) on index grids that are not square, and with no hidden unit ---------
+
+# (D, H, C): D + 1 != C, so the (d, c) and (c, d) orders of the products differ; H = 0: no hidden unit
+GRIDS = [(2, 6, 4), (3, 6, 3), (1, 6, 2), (4, 6, 1), (2, 0, 2)]
+FACTORED_NEEDS = [(True,) * 5, (True, False, False, False, False), (False, False, True, False, False)]
+
+
+def _loss_twin(x, indices, params, needs):
+    leaves = [t.clone().requires_grad_(n) for t, n in zip([x, *params], needs)]
+    wanted = [t for t in leaves if t.requires_grad]
+    grads = iter(torch.autograd.grad(reference.loss(leaves[0], indices, *leaves[1:], reduction="sum"), wanted))
+    return [next(grads) if n else None for n in needs]
+
+
+@pytest.mark.parametrize("needs", FACTORED_NEEDS, ids=lambda n: "".join("1" if b else "0" for b in n))
+@pytest.mark.parametrize("kernel", ["loss", "recompute-a1", "kept-a1"])
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: "D{}-H{}-C{}".format(*g))
+def test_factored_kernels_on_grids_that_are_not_square(grid, kernel, needs):
+    D, H, C = grid
+    x, indices, _, params = problem(N=8, D=D, H=H, C=C)
+    W1, b1, W2, _ = params
+    if kernel == "loss":
+        _, grads = chunked.loss_and_gradients(
+            x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True, factored=True
+        )
+        expected = _loss_twin(x, indices, params, needs)
+    else:
+        grad_z2 = torch.randn(8, C, generator=torch.Generator().manual_seed(7), dtype=x.dtype)
+        a1 = torch.tanh(x @ W1 + b1) if kernel == "kept-a1" else None  # (N, H)
+        grads = chunked.backward_from_logits_chunked(
+            grad_z2, x, W1, b1, W2, needs, chunk_rows=3, sigmoid_form=True, a1=a1, factored=True
+        )
+        expected = _backward_twin(grad_z2, x, params, needs)
+    for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, expected):
+        assert_close_relative(g, r, f"gradient of {name}, D={D}, H={H}, C={C}")

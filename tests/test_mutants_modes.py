@@ -172,6 +172,14 @@ def test_precomputed_loss_form_and_layout(monkeypatch):
     with functional.loss_gradients_in_forward(True, chunk_rows=10):
         functional.two_layer_net_loss(x[:36], indices[:36], *leaves)
     assert calls == [dict(chunk_rows=10, sigmoid_form=True, column_major_W2=False, factored=True)], "factored"
+    calls.clear()
+    with functional.loss_gradients_in_forward(True):  # the chunk rows by device and by factored
+        functional.two_layer_net_loss(x, indices, *leaves)
+    monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", 15)
+    with functional.loss_gradients_in_forward(True):
+        functional.two_layer_net_loss(x, indices, *leaves)
+    rows = [(call["chunk_rows"], call["factored"]) for call in calls]
+    assert rows == [(modes.LOSS_CHUNK_ROWS_FACTORED, True), (modes.LOSS_CHUNK_ROWS, False)]
 
 
 @pytest.mark.parametrize("in_forward", [False, True])

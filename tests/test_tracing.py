@@ -19,8 +19,8 @@ from manualgrad import TwoLayerNet, functional, reference
 
 D, H, C = 2, 32, 4  # none equal to a batch size below: Dynamo would "duck size" them together
 # Across every eager threshold: W2 layout (16 rows), sigmoid tanh (N*H >= 4096), gradients in
-# the forward (256 rows), the chunked probs/logits (1024 rows), loss chunks of modes.LOSS_CHUNK_ROWS = 2048
-# rows (2049 and 5000 span several, with ragged last chunks).
+# the forward (256 rows), the chunked probs/logits (1024 rows), loss chunks of 1024 rows (2049 and
+# 5000 span several, with ragged last chunks; (D + 1) C = 12 columns: not factored, as modes.chunk_rows says).
 BATCHES = [3, 8, 9, 20, 100, 255, 256, 300, 2049, 5000]
 DTYPE = torch.float64  # sums over 5000 rows: float32 rounding would need loose tolerances
 TOL = TOLERANCES[DTYPE]

@@ -76,6 +76,7 @@ C = "tests/test_mutants_chunked.py::"
 FACTORED_LOSS = C + "test_loss_and_gradients_matches_twin_and_its_buffers[factored-indices-5-sigmoid-colmajor-11111]"
 FACTORED_BACKWARD = C + "test_backward_from_logits_chunked_every_gradient[factored-sigmoid-N7-rows3]"
 FACTORED_WIRED = C + "test_functional_chunked_path_matches_twin[factored-{}-needs0-sigmoid-form-logits]"
+FACTORED_GRID = C + "test_factored_kernels_on_grids_that_are_not_square[D2-H6-C4-loss-11111]"
 KEPT_A1 = "tests/test_chunked_network.py::test_a_kept_a1_gives_what_recomputing_gives[{}]"
 TEXTBOOK, VALIDATION = "manualgrad/textbook.py", "manualgrad/validation.py"
 
@@ -204,16 +205,16 @@ CATALOGUE = [
         "return torch.sub(a1.new_ones(()), a1, out=out)",
         (FACTORED_LOSS, FACTORED_BACKWARD)),
     Bug("class-order/factored-products", FACTORED,
-        "return (xs_1.unsqueeze(2) * delta2.unsqueeze(1)).reshape(n, -1)",
-        "return (delta2.unsqueeze(2) * xs_1.unsqueeze(1)).reshape(n, -1)",
+        "return (xs_1.unsqueeze(2) * delta2.unsqueeze(1)).reshape(n, D_1 * C)",
+        "return (xs_1.unsqueeze(1) * delta2.unsqueeze(2)).reshape(n, D_1 * C)",
         (FACTORED_LOSS, FACTORED_BACKWARD)),
     Bug("class-order/factored-sum", FACTORED,
-        "return (products.view(-1, C, H) * W2.t()).sum(1)",
-        "return (products.view(C, -1, H).transpose(0, 1) * W2.t()).sum(1)",
-        (FACTORED_LOSS, FACTORED_BACKWARD)),
+        "return (products.view(rows, C, H) * W2.t()).sum(1)",
+        "return (products.view(C, rows, H) * W2.t()).sum(1)",
+        (FACTORED_LOSS, FACTORED_BACKWARD, FACTORED_GRID)),
     Bug("transpose/factored-input-weights", FACTORED,
-        "return (W1.unsqueeze(1) * W2.t().unsqueeze(0)).reshape(-1, H).t()",
-        "return (W1.unsqueeze(1) * W2.t().unsqueeze(0)).reshape(H, -1)",
+        "return (W1.unsqueeze(1) * W2.t().unsqueeze(0)).reshape(D * C, H).t()",
+        "return (W1.unsqueeze(1) * W2.t().unsqueeze(0)).reshape(H, D * C)",
         (FACTORED_LOSS, FACTORED_BACKWARD)),
     Bug("P-over-kept-a1/factored", CHUNKED,
         "P = tanh_derivative(a1s, out=a1s if in_a1 else grad_hidden[:n])",
