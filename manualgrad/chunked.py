@@ -108,8 +108,8 @@ def backward_from_logits_chunked(
     *,
     chunk_rows: int,
     sigmoid_form: bool,
+    factored: bool,
     a1: Tensor | None = None,
-    factored: bool = False,
 ) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2 (N, C), recomputing a1 by row chunks.
 
@@ -180,7 +180,7 @@ def loss_and_gradients(
     chunk_rows: int,
     sigmoid_form: bool,
     column_major_W2: bool,
-    factored: bool = False,
+    factored: bool,
 ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
     """The summed loss and its gradients (dx, dW1, db1, dW2, db2), in one pass over row chunks.
 

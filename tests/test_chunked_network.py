@@ -73,14 +73,17 @@ def test_output_kernel_matches_the_twin(N, sigmoid_form, probabilities):
 
 @pytest.mark.parametrize("N", SIZES + [0])
 @pytest.mark.parametrize("sigmoid_form", [False, True])
-def test_backward_kernel_matches_the_saved_a1_backward_and_autograd(N, sigmoid_form):
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
+def test_backward_kernel_matches_the_saved_a1_backward_and_autograd(factored, N, sigmoid_form):
     x, _, (W1, b1, W2, b2) = make_problem(N, D=3, H=32, C=4)
     grad_z2 = torch.randn(N, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     leaves = [t.clone().requires_grad_() for t in (x, W1, b1, W2, b2)]
     expected = torch.autograd.grad(reference.logits(*leaves), leaves, grad_z2)
     with_a1 = backward_from_logits(grad_z2, x, W1, W2, hidden_activation(x, W1, b1), [True] * 5)
     for needs in itertools.product([False, True], repeat=5):
-        got = backward_from_logits_chunked(grad_z2, x, W1, b1, W2, needs, chunk_rows=CHUNK, sigmoid_form=sigmoid_form)
+        got = backward_from_logits_chunked(
+            grad_z2, x, W1, b1, W2, needs, chunk_rows=CHUNK, sigmoid_form=sigmoid_form, factored=factored
+        )
         for name, g, e, a, need in zip(("x", "W1", "b1", "W2", "b2"), got, expected, with_a1, needs):
             if not need:
                 assert g is None, name
@@ -227,7 +230,7 @@ def test_a_kept_a1_gives_what_recomputing_gives(N, sigmoid_form):
     torch.testing.assert_close(kept, reference.logits(x, W1, b1, torch.eye(32, dtype=x.dtype), torch.zeros(32)))
     torch.testing.assert_close(z2, reference.logits(x, W1, b1, W2, b2))
     grad_z2 = torch.randn(N, 4, dtype=x.dtype, generator=torch.Generator().manual_seed(3))
-    chunks = dict(chunk_rows=CHUNK, sigmoid_form=sigmoid_form)
+    chunks = dict(chunk_rows=CHUNK, sigmoid_form=sigmoid_form, factored=False)
     from_kept = backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **chunks, a1=kept)
     recomputed = backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **chunks)
     for got, expected in zip(from_kept, recomputed):

@@ -173,7 +173,7 @@ def test_backward_from_logits_chunked_empty_batch(needs):
     x, _, _, params = problem(N=0, H=6)
     W1, b1, W2, b2 = params
     grads = chunked.backward_from_logits_chunked(
-        x.new_zeros(0, 4), x, W1, b1, W2, needs, chunk_rows=3, sigmoid_form=True
+        x.new_zeros(0, 4), x, W1, b1, W2, needs, chunk_rows=3, sigmoid_form=True, factored=True
     )
     for name, g, t, n in zip(["x", "W1", "b1", "W2", "b2"], grads, [x, W1, b1, W2, b2], needs):
         if not n:
@@ -199,7 +199,8 @@ def test_backward_from_logits_chunked_float32_sigmoid_form(factored):
 # ---- loss_and_gradients (the loss's gradients in the forward) called directly ------------------------
 
 NEEDS_SOME = [(True,) * 5, (True, False, False, False, False), (False, True, True, False, False),
-              (False, False, False, True, False), (False, False, False, False, True)]  # fmt: skip
+              (False, False, False, True, False), (False, False, False, False, True),
+              (False, True, False, True, True)]  # fmt: skip
 
 
 @pytest.mark.parametrize("needs", NEEDS_SOME, ids=lambda n: "".join("1" if b else "0" for b in n))
@@ -255,6 +256,8 @@ def test_loss_and_gradients_matches_twin_and_its_buffers(factored, soft, rows, f
     grad_hidden = any(needs[:3]) and not factored
     expected = [(rows, H)] * (several + (several and grad_hidden)) + [(N, D)] * ((several or factored) and needs[0])
     assert made == expected, f"new_empty {made}, expected {expected}"
+    ops = [name for name, _ in allocations.ops]
+    assert ("cat.default" in ops) == (factored and (needs[1] or needs[2])), "[x, 1] only for factored dW1, db1"
     if several:  # factored: also B (D C, H) and E^T P ((D + 1) C, H), C = 4
         assert_buffers(allocations.ops, H, rows, 1 + grad_hidden, allowed_rows=(D, 4, D * 4, (D + 1) * 4))
 
@@ -263,7 +266,7 @@ def test_loss_and_gradients_matches_twin_and_its_buffers(factored, soft, rows, f
 def test_loss_and_gradients_empty_batch(needs):
     x, indices, _, params = problem(N=0)
     loss, grads = chunked.loss_and_gradients(
-        x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True
+        x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True, factored=True
     )
     assert loss.shape == () and loss == 0
     for name, g, t, n in zip(["x", "W1", "b1", "W2", "b2"], grads, [x, *params], needs):
@@ -319,6 +322,28 @@ def test_factored_backward_leaves_the_kept_a1_for_a_second_backward(entry, monke
     assert kinds == [(True, True)] * 2, "both backwards from the kept a1, factored"
     for name, a, b in zip(["W1", "b1", "W2", "b2"], first, second):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=lambda m, name=name: f"second backward, {name}: {m}")
+
+
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
+def test_a_kept_a1_needs_no_buffer_to_recompute_it(factored):
+    """Given the (N, H) a1 to keep, the forward writes each chunk there and makes no (rows, H) buffer;
+    the backward reads it and makes one (rows, H) buffer (dL/da1 and delta1, or P) and an empty one."""
+    x, _, _, params = problem(N=7, H=6)
+    W1, b1, W2, b2 = params
+    kept = x.new_empty(7, 6)
+    with Allocations() as forward:
+        chunked.network_output_chunked(
+            x, *params, chunk_rows=3, sigmoid_form=True, column_major_W2=False, probabilities=False, a1_out=kept
+        )
+    assert [s for name, s in forward.ops if name == "new_empty.default" and 6 in s] == [], "no recompute buffer"
+    grad_z2 = torch.randn(7, 4, generator=torch.Generator().manual_seed(8), dtype=x.dtype)
+    with Allocations() as backward:
+        grads = chunked.backward_from_logits_chunked(
+            grad_z2, x, W1, b1, W2, (True,) * 5, chunk_rows=3, sigmoid_form=True, factored=factored, a1=kept
+        )
+    assert [s for name, s in backward.ops if name == "new_empty.default" and 6 in s] == [(0, 6), (3, 6)]
+    for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, (True,) * 5)):
+        assert_close_relative(g, r, f"gradient of {name}")
 
 
 # ---- factored (eq. (16')-(18')) on index grids that are not square, and with no hidden unit ---------
