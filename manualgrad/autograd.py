@@ -8,8 +8,9 @@ arguments. How each mode of PyTorch is served:
 * the loss in eager mode, from ``modes.PRECOMPUTE_MIN_ROWS`` rows, computes the parameter gradients
   during the forward, in chunks of rows, when they will be needed (the loss is a scalar, so
   its upstream gradient is only a scale) and saves only parameter-sized tensors; the chunks
-  reuse one or two (chunk, H) buffers (``chunked.py``). Smaller batches, in plain eager mode, are served by the lean
-  Functions of ``eager.py``; elsewhere they save a1 and log y_hat, as probs and logits do;
+  reuse one or two (chunk, H) buffers (``chunked.py``). Smaller batches, in plain eager mode,
+  are served by the lean Functions of ``eager.py``; elsewhere they save a1 and log y_hat, as
+  probs and logits do;
 * double backward (``create_graph=True``), ``torch.func`` transforms and forward-over-reverse:
   the backward recomputes a1 and y_hat from the saved inputs with differentiable ops, so the
   same formulas are differentiated correctly (pytorch issue 58509);
