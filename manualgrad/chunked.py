@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .factored import accumulate_products, first_layer_gradients, input_gradient, input_weights, tanh_derivative
-from .kernels import column_major, hidden_activation_fast, loss_grad_logits, per_sample_loss
+from .kernels import column_major, hidden_activation_fast, loss_grad_logits, minus_one_for, per_sample_loss
 
 
 def _rows_of(N: int, chunk_rows: int) -> int:
@@ -256,7 +256,7 @@ def _activation(xs_1: Tensor, W1_b1: Tensor, out: Tensor, sigmoid_form: bool) ->
     if not sigmoid_form:
         return z.tanh_()  # (n, H)  eq. (2)
     s = z.sigmoid_()  # (n, H)  sigmoid(2 z1)
-    return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)  # (n, H)  eq. (2): 2 sigmoid(2 z1) - 1
+    return torch.add(minus_one_for(s), s, alpha=2, out=s)  # (n, H)  eq. (2): 2 sigmoid(2 z1) - 1
 
 
 def _accumulate_mm(total: Tensor | None, a: Tensor, b: Tensor) -> Tensor:

@@ -9,7 +9,10 @@ in, with as few ops and lines as the formulas allow:
 
 * the classic ``forward(ctx, ...)`` form: no ``setup_context`` call, one output, only the tensors
   backward reads are saved;
-* eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op;
+* eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op; where the
+  plan multiplies a1 by a column-major copy of W2 (``modes.column_major_pays_eager``), eq. (14) is
+  (delta2^T a1)^T, a faster BLAS kernel there, else a1^T delta2 in W2's own layout, which
+  AccumulateGrad keeps without a copy;
 * the loss's eq. (5) and (7) with PyTorch's nll_loss, its backward and the log-softmax backward
   (autograd's own formulas for ``F.cross_entropy``): one op for the loss, two for delta2; rows
   labelled -100 (F.cross_entropy's default ``ignore_index``) count for nothing, and nll_loss
@@ -20,9 +23,10 @@ in, with as few ops and lines as the formulas allow:
 ``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
 ``torch.func``, forward-mode AD, dispatch mode or autocast) and below the row counts where the
 chunked paths of ``autograd.py`` take over. A backward that is recorded (``create_graph=True``),
-gets a vmap-batched upstream gradient (gradcheck's batched-grad check) or runs inside autocast
-takes the general formulas of ``autograd.py`` instead (:func:`autograd.network_backward`,
-:func:`autograd.loss_backward`), which recompute what they need from the saved inputs.
+gets a tensor subclass as its upstream gradient or runs inside autocast takes the general formulas
+of ``autograd.py`` instead (:func:`autograd.network_backward`, :func:`autograd.loss_backward`),
+which recompute what they need from the saved inputs. A vmap-batched upstream gradient
+(gradcheck's batched-grad check) runs through the first-order formulas: their ops batch.
 """
 
 from __future__ import annotations
@@ -59,20 +63,20 @@ def _general(backward: Callable[..., tuple[Tensor | None, ...]], x: Tensor, *arg
 
 
 def _fast_backward(grad: Tensor, x: Tensor) -> bool:
-    """Whether the first-order formulas may run as they are: not recorded, a plain upstream gradient
-    and autocast off (a ``loss.backward()`` inside an autocast region would cast the matmuls)."""
-    return not (torch.is_grad_enabled() or modes.is_batched(grad) or torch.is_autocast_enabled(modes.device_type(x)))
+    """Whether the first-order formulas may run as they are: not recorded, a plain tensor as the upstream
+    gradient and autocast off (a ``loss.backward()`` inside an autocast region would cast the matmuls).
+    Their ops are all out of place, each with a batching rule: a vmap-batched upstream gradient
+    (gradcheck's batched-grad check, ``is_grads_batched``) runs through them as it is."""
+    device = "cpu" if x.is_cpu else "cuda"  # the lean Functions serve CPU and CUDA tensors only
+    return not (torch.is_grad_enabled() or type(grad) is not Tensor or torch.is_autocast_enabled(device))
 
 
-def _W2_layout(W2: Tensor, plan: EagerPlan) -> Tensor:
-    return column_major(W2) if plan.column_major_W2 else W2  # (H, C)
-
-
-def _backward_from_logits(grad_z2, x, W1, W2, a1, needs, plan) -> tuple[Tensor | None, ...]:
-    """eq. (10)-(18), first order; eq. (14) as (delta2^T a1)^T where W2 is column-major in the
-    forward, else in W2's own layout (which AccumulateGrad keeps without a copy)."""
-    transposed = plan.column_major_W2
-    return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed)
+def _first_order(grad_z2, x, W1, W2, a1, needs, plan: EagerPlan) -> tuple[Tensor | None, ...]:
+    """eq. (10)-(18) from delta2 = grad_z2, first order, in the plan's forms (``modes.EagerPlan``)."""
+    transposed, one_row = plan.column_major_W2, plan.one_row
+    return backward_from_logits(
+        grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed, one_row=one_row
+    )
 
 
 class EagerLogitsFunction(Function):
@@ -81,9 +85,10 @@ class EagerLogitsFunction(Function):
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
+        W2_for_a1 = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, a1)
-        return torch.addmm(b2, a1, _W2_layout(W2, plan))  # (N, C)  eq. (3)
+        return torch.addmm(b2, a1, W2_for_a1)  # (N, C)  eq. (3)
 
     @staticmethod
     def backward(ctx, grad_z2):
@@ -91,7 +96,8 @@ class EagerLogitsFunction(Function):
         needs = ctx.needs_input_grad[:5]
         if not _fast_backward(grad_z2, x):
             return *_general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, needs), None
-        return *_backward_from_logits(grad_z2, x, W1, W2, a1, needs, ctx.plan), None  # eq. (10)-(18)
+        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan)  # eq. (10)-(18)
+        return *grads, None
 
 
 class EagerProbsFunction(Function):
@@ -100,7 +106,8 @@ class EagerProbsFunction(Function):
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
-        y_hat = torch.softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
+        W2_for_a1 = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
+        y_hat = torch.softmax(torch.addmm(b2, a1, W2_for_a1), 1)  # (N, C)  eq. (3), (4)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
         return y_hat
@@ -113,7 +120,8 @@ class EagerProbsFunction(Function):
             general = partial(network_backward, grad_y_hat, b2=b2, y_hat=y_hat)
             return *_general(general, x, W1, b1, W2, a1, needs), None
         grad_z2 = softmax_vjp_fused(grad_y_hat, y_hat)  # (N, C)  eq. (6)
-        return *_backward_from_logits(grad_z2, x, W1, W2, a1, needs, ctx.plan), None  # eq. (10)-(18)
+        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan)  # eq. (10)-(18)
+        return *grads, None
 
 
 def _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, reduction, needs, residuals):
@@ -134,7 +142,8 @@ class EagerLossFunction(Function):
     @staticmethod
     def forward(ctx, x, target, W1, b1, W2, b2, reduction, plan):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
-        log_probs = torch.log_softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
+        W2_for_a1 = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
+        log_probs = torch.log_softmax(torch.addmm(b2, a1, W2_for_a1), 1)  # (N, C)  eq. (3), (4)
         loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction, IGNORE_INDEX)  # (), ()  eq. (5)
         ctx.reduction, ctx.plan = reduction, plan
         ctx.save_for_backward(x, target, W1, b1, W2, b2, a1, log_probs, total_weight)
@@ -151,7 +160,7 @@ class EagerLossFunction(Function):
         delta2 = loss_grad_logits_fused(  # (N, C)  eq. (7)
             grad_loss, log_probs, target, ctx.reduction, IGNORE_INDEX, total_weight
         )
-        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _backward_from_logits(  # eq. (10)-(18)
+        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _first_order(  # eq. (10)-(18)
             delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), ctx.plan
         )
         return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None, None
@@ -176,7 +185,7 @@ def apply_network(
 
 
 def apply_loss(
-    x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: str, plan: EagerPlan
+    x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, reduction: object, plan: EagerPlan
 ) -> Tensor:
     """``EagerLossFunction.apply(...)`` in plain eager mode, as :func:`apply_network`; ``plan``:
     ``modes.eager_loss_plan`` of these tensors."""

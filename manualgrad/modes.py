@@ -173,6 +173,7 @@ class EagerPlan(NamedTuple):
     lean: bool  # whether they serve these tensors at all
     sigmoid_form: bool  # eq. (2) as 2 sigmoid(2 z1) - 1 (:func:`sigmoid_tanh_pays_eager`)
     column_major_W2: bool  # a1 W2 with W2 column-major, eq. (14) as (delta2^T a1)^T (:func:`column_major_pays_eager`)
+    one_row: bool  # N = 1: the sums over rows of eq. (15), (17) are the row itself, a view (an op less each)
 
 
 def eager_network_plan(x: Tensor, W1: Tensor, W2: Tensor) -> EagerPlan:
@@ -194,8 +195,9 @@ def eager_loss_plan(x: Tensor, target: Tensor, W1: Tensor, W2: Tensor) -> EagerP
 
 def _eager_plan(lean: bool, x: Tensor, W1: Tensor, W2: Tensor) -> EagerPlan:
     if not lean:
-        return EagerPlan(False, False, False)
-    return EagerPlan(True, sigmoid_tanh_pays_eager(x, W1.shape[1]), column_major_pays_eager(W2, x.shape[0]))
+        return EagerPlan(False, False, False, False)
+    rows = x.shape[0]
+    return EagerPlan(True, sigmoid_tanh_pays_eager(x, W1.shape[1]), column_major_pays_eager(W2, rows), rows == 1)
 
 
 def network_chunk_rows(device: torch.device) -> int:

@@ -91,28 +91,29 @@ def _plan_tensors(N, dtype=torch.float32, device="cpu", labels=torch.int64, rank
     return x, target, W1, W2
 
 
-PLANS = {  # case: (tensors, network plan, loss plan); H = 256, so the sigmoid form from 16 rows
-    "N=1": (_plan_tensors(1), (True, False, False), (True, False, False)),
-    "N=15": (_plan_tensors(15), (True, False, False), (True, False, False)),
-    "N=16": (_plan_tensors(16), (True, True, True), (True, True, True)),
-    "N=255": (_plan_tensors(255), (True, True, True), (True, True, True)),
-    "N=256": (_plan_tensors(256), (True, True, True), (False, False, False)),
-    "N=1023": (_plan_tensors(1023), (True, True, True), (False, False, False)),
-    "N=1024": (_plan_tensors(1024), (False, False, False), (False, False, False)),
-    "N=0": (_plan_tensors(0), (False, False, False), (False, False, False)),
-    "unbatched": (_plan_tensors(1, rank=1), (False, False, False), (False, False, False)),
-    "float64": (_plan_tensors(16, torch.float64), (True, True, True), (True, True, True)),
-    "bfloat16": (_plan_tensors(16, torch.bfloat16), (True, False, True), (False, False, False)),
-    "meta": (_plan_tensors(16, device="meta"), (True, False, False), (False, False, False)),
-    "int32-labels": (_plan_tensors(16, labels=torch.int32), (True, True, True), (True, True, True)),
-    "uint64-labels": (_plan_tensors(16, labels=torch.uint64), (True, True, True), (False, False, False)),
-    "soft-labels": (_plan_tensors(16, labels=torch.float32), (True, True, True), (False, False, False)),
+PLANS = {  # case: (tensors, network plan, loss plan); H = 256, so the sigmoid form from 16 rows; one row at N=1
+    "N=1": (_plan_tensors(1), (True, False, False, True), (True, False, False, True)),
+    "N=15": (_plan_tensors(15), (True, False, False, False), (True, False, False, False)),
+    "N=16": (_plan_tensors(16), (True, True, True, False), (True, True, True, False)),
+    "N=255": (_plan_tensors(255), (True, True, True, False), (True, True, True, False)),
+    "N=256": (_plan_tensors(256), (True, True, True, False), (False, False, False, False)),
+    "N=1023": (_plan_tensors(1023), (True, True, True, False), (False, False, False, False)),
+    "N=1024": (_plan_tensors(1024), (False, False, False, False), (False, False, False, False)),
+    "N=0": (_plan_tensors(0), (False, False, False, False), (False, False, False, False)),
+    "unbatched": (_plan_tensors(1, rank=1), (False, False, False, False), (False, False, False, False)),
+    "float64": (_plan_tensors(16, torch.float64), (True, True, True, False), (True, True, True, False)),
+    "bfloat16": (_plan_tensors(16, torch.bfloat16), (True, False, True, False), (False, False, False, False)),
+    "meta": (_plan_tensors(16, device="meta"), (True, False, False, False), (False, False, False, False)),
+    "int32-labels": (_plan_tensors(16, labels=torch.int32), (True, True, True, False), (True, True, True, False)),
+    "uint64-labels": (_plan_tensors(16, labels=torch.uint64), (True, True, True, False), (False, False, False, False)),
+    "soft-labels": (_plan_tensors(16, labels=torch.float32), (True, True, True, False), (False, False, False, False)),
 }
 
 
 @pytest.mark.parametrize("case", PLANS)
 def test_eager_plans(case):
-    """Which tensors the lean Functions serve, in which form of tanh and W2 layout (decided once per metadata)."""
+    """Which tensors the lean Functions serve, in which form of tanh and W2 layout, whether the sums over
+    rows are the one row (decided once per metadata)."""
     (x, target, W1, W2), network, loss = PLANS[case]
     assert modes.eager_network_plan(x, W1, W2) == modes.EagerPlan(*network)
     assert modes.eager_loss_plan(x, target, W1, W2) == modes.EagerPlan(*loss)

@@ -51,8 +51,24 @@ def test_after_a_good_call_bad_labels_are_still_refused(warm):
         functional.two_layer_net_loss(x, target.double(), *params)
 
 
+@pytest.mark.parametrize("moved", ["x", "target", "W1", "b1", "W2", "b2"])
+def test_after_a_good_call_a_tensor_on_another_device_is_still_refused(warm, moved):
+    """The key holds a CPU tensor's device as ``is_cpu``: a tensor of the same metadata on another
+    device (meta here) is another key, and the checks refuse it."""
+    x, target, (W1, b1, W2, b2) = warm
+    tensors = dict(x=x, target=target, W1=W1, b1=b1, W2=W2, b2=b2)
+    tensors[moved] = tensors[moved].to("meta")
+    named = rf"\b{moved} is on meta"  # the boundary's message, not an op's
+    with pytest.raises(RuntimeError, match=named):
+        functional.two_layer_net_loss(**tensors)
+    if moved != "target":
+        network = {name: t for name, t in tensors.items() if name != "target"}
+        with pytest.raises(RuntimeError, match=named):
+            functional.two_layer_net_logits(**network)
+
+
 def test_the_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(boundary, "_checked", {})
+    monkeypatch.setattr(boundary, "_checked", boundary._Checked())
     monkeypatch.setattr(boundary, "_MAX_CHECKED", 3)
     for N in range(1, 8):
         x, _, params = make_problem(N, D=3, H=8, C=4)

@@ -71,7 +71,7 @@ EAGER_LAYOUT_FROM_16 = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[16-True
 EAGER, MODES = "manualgrad/eager.py", "manualgrad/modes.py"
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
 TANGENTS, CHUNKED = "manualgrad/tangents.py", "manualgrad/chunked.py"
-FACTORED = "manualgrad/factored.py"
+FACTORED, BOUNDARY = "manualgrad/factored.py", "manualgrad/boundary.py"
 C = "tests/test_mutants_chunked.py::"
 FACTORED_LOSS = C + "test_loss_and_gradients_matches_twin_and_its_buffers[factored-indices-5-sigmoid-colmajor-11111]"
 FACTORED_BACKWARD = C + "test_backward_from_logits_chunked_every_gradient[factored-sigmoid-N7-rows3]"
@@ -106,8 +106,8 @@ CATALOGUE = [
         "return torch.sigmoid(z1_twice) * 2.0 - 1.0", "return torch.sigmoid(z1_twice) * 1.999 - 1.0",
         (HVP_BIG.format("loss-mean"), HVP_BIG.format("loss-sum"))),
     Bug("sigmoid-form-1.999/in-place", KERNELS,
-        "return torch.add(s.new_full((), -1.0), s, alpha=2, out=s)",
-        "return torch.add(s.new_full((), -1.0), s, alpha=1.999, out=s)",
+        "return torch.add(minus_one_for(s), s, alpha=2, out=s)  # (N, H)",
+        "return torch.add(minus_one_for(s), s, alpha=1.999, out=s)  # (N, H)",
         (LOSS_FWD_CHUNKED_SOFT, K + "test_loss_paths_match_twin[in_backward-mean-indices-N40-H120-chunkNone]")),
     # --- flip y_hat - y, eq. (7), and the softmax VJP, eq. (6) -----------------------------------
     Bug("flip-delta2/indices-in-place", KERNELS,
@@ -164,15 +164,15 @@ CATALOGUE = [
         (K + "test_loss_probability_target_gradient_matches_twin[7-5-sum]",)),
     # --- z2 where W2 belongs, eq. (10); W1 for W1^T, eq. (18); a matrix product for elementwise --
     Bug("z2-for-W2/backward", KERNELS,
-        "grad_a1 = torch.mm(grad_z2, W2.t())  # (N, H)  eq. (10)",
-        "grad_a1 = torch.mm(grad_z2, (a1 @ W2).t())  # (N, H)  eq. (10): z2 = a1 W2 where W2 belongs",
+        "grad_a1 = F.linear(grad_z2, W2)  # (N, H)  eq. (10)",
+        "grad_a1 = F.linear(grad_z2, a1 @ W2)  # (N, H)  eq. (10): z2 = a1 W2 where W2 belongs",
         (LOGITS, LOSS_BWD)),
     Bug("z2-for-W2/chunked-loop", CHUNKED,
         "grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)",
         "grad_a1 = torch.mm(delta2, torch.addmm(b2, a1, W2).t(), out=grad_hidden[:n] if chunked else None)",
         (LOSS_FWD_CHUNKED,)),
     Bug("W1-for-W1T/backward", KERNELS,
-        "grad_x = torch.mm(grad_z1, W1.t())  # (N, D)  eq. (18)", "grad_x = torch.mm(grad_z1, W1)  # (N, D)  eq. (18)",
+        "grad_x = F.linear(grad_z1, W1)  # (N, D)  eq. (18)", "grad_x = F.linear(grad_z1, W1.t())  # (N, D)  eq. (18)",
         (LOGITS,)),
     Bug("W1-for-W1T/chunked-loop", CHUNKED,
         "if need_x and chunked:\n                torch.mm(delta1, W1.t(), out=grad_x[start : start + n])",
@@ -243,7 +243,7 @@ CATALOGUE = [
         "if residuals is None or differentiated:", "if residuals is None:",
         (HVP.format("loss-mean"), HVP.format("loss-soft"))),
     Bug("double-backward-from-saved/eager", EAGER,
-        "return not (torch.is_grad_enabled() or modes.is_batched(grad)", "return not (modes.is_batched(grad)",
+        "return not (torch.is_grad_enabled() or type(grad) is not Tensor", "return not (type(grad) is not Tensor",
         (EAGER_DOUBLE.format("logits"), EAGER_DOUBLE.format("probs"))),
     # --- autocast left on in one backward, and in the forward ----------------------------------
     Bug("autocast-on/loss-backward", AUTOGRAD,
@@ -278,16 +278,34 @@ CATALOGUE = [
         "return _general(loss_backward, x, target, W1, b1, W2, b2, reduction,",
         (E + "test_lean_loss_recorded_backward_leaves_out_ignored_rows",), verify=False),
     Bug("W2-layout/eager", EAGER,
-        "    transposed = plan.column_major_W2\n",
-        "    transposed = not plan.column_major_W2\n",
+        "    transposed, one_row = plan.column_major_W2, plan.one_row\n",
+        "    transposed, one_row = not plan.column_major_W2, plan.one_row\n",
         (EAGER_LAYOUT,), verify=False),
     Bug("W2-layout/eager-plan", MODES,
-        "column_major_pays_eager(W2, x.shape[0]))", "column_major_pays_eager(W2, x.shape[1]))",
+        "column_major_pays_eager(W2, rows), rows == 1)", "column_major_pays_eager(W2, x.shape[1]), rows == 1)",
         (EAGER_LAYOUT_FROM_16, E + "test_lean_network_forms_and_layouts[logits-16-True-True]"), verify=False),
     Bug("sigmoid-form/eager-plan", MODES,
         "EagerPlan(True, sigmoid_tanh_pays_eager(x, W1.shape[1]),",
         "EagerPlan(True, sigmoid_tanh_pays_eager(x, W1.shape[0]),",
         (E + "test_lean_network_forms_and_layouts[logits-16-True-True]",), verify=False),
+    Bug("one-row/eager-plan", MODES,
+        "column_major_pays_eager(W2, rows), rows == 1)", "column_major_pays_eager(W2, rows), rows <= 2)",
+        (E + "test_lean_network_matches_twin[probs-2-dtype0]",), verify=False),
+    Bug("one-row/db1", KERNELS,
+        "grad_b1 = grad_z1[0] if one_row else grad_z1.sum(0)",
+        "grad_b1 = grad_z1[-1] * 1.0001 if one_row else grad_z1.sum(0)",
+        (E + "test_lean_network_matches_twin[probs-1-dtype0]",), verify=False),
+    Bug("column-major-copy/strides", KERNELS,
+        "W2.new_empty_strided((H, C), (1, H)).copy_(W2)", "W2.new_empty_strided((H, C), (C, 1)).copy_(W2)",
+        (E + "test_lean_network_forms_and_layouts[probs-16-True-True]",), verify=False),
+    # --- the lean preamble: the last key stands for any key, a CPU device key that is always True --
+    Bug("last-key-for-any/boundary", BOUNDARY,
+        "    if key == last_key:\n", "    if last_key is not None:\n",
+        ("tests/test_preamble.py::test_after_a_good_call_a_bad_x_is_still_refused",), verify=False),
+    Bug("device-key/boundary", BOUNDARY,
+        "type(target), target.dtype, target.is_cpu or target.device,", "type(target), target.dtype, True,",
+        ("tests/test_preamble.py::test_after_a_good_call_a_tensor_on_another_device_is_still_refused[target]",),
+        verify=False),
     # --- unbatched: a detached target -----------------------------------------------------------
     Bug("detached-target/unbatched", FUNCTIONAL,
         "x, target = x.unsqueeze(0), target.unsqueeze(0)", "x, target = x.unsqueeze(0), target.detach().unsqueeze(0)",
