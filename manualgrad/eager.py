@@ -12,7 +12,8 @@ in, with as few ops and lines as the formulas allow:
 * eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op; where the
   plan multiplies a1 by a column-major copy of W2 (``modes.column_major_pays_eager``), eq. (14) is
   (delta2^T a1)^T, a faster BLAS kernel there, else a1^T delta2 in W2's own layout, which
-  AccumulateGrad keeps without a copy;
+  AccumulateGrad keeps without a copy; at one row the sums over rows of eq. (15), (17) are that
+  row, a view of a tensor the backward made (``modes.EagerPlan.one_row``);
 * the loss's eq. (5) and (7) with PyTorch's nll_loss, its backward and the log-softmax backward
   (autograd's own formulas for ``F.cross_entropy``): one op for the loss, two for delta2; rows
   labelled -100 (F.cross_entropy's default ``ignore_index``) count for nothing, and nll_loss
@@ -23,10 +24,9 @@ in, with as few ops and lines as the formulas allow:
 ``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
 ``torch.func``, forward-mode AD, dispatch mode or autocast) and below the row counts where the
 chunked paths of ``autograd.py`` take over. A backward that is recorded (``create_graph=True``),
-gets a tensor subclass as its upstream gradient or runs inside autocast takes the general formulas
-of ``autograd.py`` instead (:func:`autograd.network_backward`, :func:`autograd.loss_backward`),
-which recompute what they need from the saved inputs. A vmap-batched upstream gradient
-(gradcheck's batched-grad check) runs through the first-order formulas: their ops batch.
+gets a vmap-batched upstream gradient (gradcheck's batched-grad check) or runs inside autocast
+takes the general formulas of ``autograd.py`` instead (:func:`autograd.network_backward`,
+:func:`autograd.loss_backward`), which recompute what they need from the saved inputs.
 """
 
 from __future__ import annotations
@@ -63,20 +63,20 @@ def _general(backward: Callable[..., tuple[Tensor | None, ...]], x: Tensor, *arg
 
 
 def _fast_backward(grad: Tensor, x: Tensor) -> bool:
-    """Whether the first-order formulas may run as they are: not recorded, a plain tensor as the upstream
-    gradient and autocast off (a ``loss.backward()`` inside an autocast region would cast the matmuls).
-    Their ops are all out of place, each with a batching rule: a vmap-batched upstream gradient
-    (gradcheck's batched-grad check, ``is_grads_batched``) runs through them as it is."""
-    device = "cpu" if x.is_cpu else "cuda"  # the lean Functions serve CPU and CUDA tensors only
-    return not (torch.is_grad_enabled() or type(grad) is not Tensor or torch.is_autocast_enabled(device))
+    """Whether the first-order formulas may run as they are: not recorded, a plain upstream gradient
+    and autocast off (a ``loss.backward()`` inside an autocast region would cast the matmuls)."""
+    return not (torch.is_grad_enabled() or modes.is_batched(grad) or torch.is_autocast_enabled(modes.device_type(x)))
 
 
-def _first_order(grad_z2, x, W1, W2, a1, needs, plan: EagerPlan) -> tuple[Tensor | None, ...]:
-    """eq. (10)-(18) from delta2 = grad_z2, first order, in the plan's forms (``modes.EagerPlan``)."""
+def _first_order(grad_z2, x, W1, W2, a1, needs, plan: EagerPlan, *, own_grad_z2: bool) -> tuple[Tensor | None, ...]:
+    """eq. (10)-(18) from delta2 = grad_z2, first order, in the plan's forms (``modes.EagerPlan``);
+    ``own_grad_z2``: grad_z2 was made by this backward, so that at one row db2 may be a view of it
+    (never of the caller's upstream gradient, which the caller may still write to)."""
     transposed, one_row = plan.column_major_W2, plan.one_row
     return backward_from_logits(
-        grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed, one_row=one_row
-    )
+        grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed, one_row=one_row,
+        own_grad_z2=own_grad_z2,
+    )  # fmt: skip
 
 
 class EagerLogitsFunction(Function):
@@ -96,7 +96,7 @@ class EagerLogitsFunction(Function):
         needs = ctx.needs_input_grad[:5]
         if not _fast_backward(grad_z2, x):
             return *_general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, needs), None
-        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan)  # eq. (10)-(18)
+        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan, own_grad_z2=False)  # eq. (10)-(18)
         return *grads, None
 
 
@@ -120,7 +120,7 @@ class EagerProbsFunction(Function):
             general = partial(network_backward, grad_y_hat, b2=b2, y_hat=y_hat)
             return *_general(general, x, W1, b1, W2, a1, needs), None
         grad_z2 = softmax_vjp_fused(grad_y_hat, y_hat)  # (N, C)  eq. (6)
-        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan)  # eq. (10)-(18)
+        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan, own_grad_z2=True)  # eq. (10)-(18)
         return *grads, None
 
 
@@ -161,7 +161,7 @@ class EagerLossFunction(Function):
             grad_loss, log_probs, target, ctx.reduction, IGNORE_INDEX, total_weight
         )
         grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _first_order(  # eq. (10)-(18)
-            delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), ctx.plan
+            delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), ctx.plan, own_grad_z2=True
         )
         return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None, None
 

@@ -306,6 +306,29 @@ def _entry(name, target):
 
 
 @pytest.mark.parametrize("name", ENTRIES)
+@pytest.mark.parametrize("N", [1, 2])
+def test_gradients_never_share_memory_with_the_upstream_gradient(taken, name, N):
+    """At one row the sums over rows are views (modes.EagerPlan.one_row), but only of tensors the
+    backward made: a gradient that shared memory with the caller's upstream gradient would change
+    it when written to (a second accumulation, clip_grad_norm_, a hook), and be changed by it."""
+    x, target, params = make_problem(N, H=8)
+    leaves = [p.requires_grad_() for p in params]
+    out = _entry(name, target)(x, *leaves)
+    upstream = torch.full_like(out, 0.5)
+    kept = upstream.clone()
+    first = torch.autograd.grad(out, leaves, upstream, retain_graph=True)
+    second = torch.autograd.grad(out, leaves, upstream)
+    expected = [g.clone() for g in second]
+    for g in first:
+        assert not g.untyped_storage().data_ptr() == upstream.untyped_storage().data_ptr()
+        g.mul_(10)
+    torch.testing.assert_close(upstream, kept, rtol=0, atol=0)
+    for g, e in zip(second, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    assert taken
+
+
+@pytest.mark.parametrize("name", ENTRIES)
 def test_double_backward_of_the_lean_functions(taken, name):
     x, target, params = make_problem(5, H=8)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
@@ -338,17 +361,16 @@ def _handed_over_with(monkeypatch, name, upstream_of, **options):
 
 
 @pytest.mark.parametrize("name", ENTRIES)
-def test_a_batched_upstream_gradient_runs_through_the_first_order_formulas(monkeypatch, name):
-    """A vmap-batched upstream gradient (``is_grads_batched``, gradcheck's batched-grad check) runs
-    through the lean first-order formulas, all out of place with batching rules, and gets the twin's
-    gradients; asking ``functorch`` whether it is batched cost more than the formulas at N=1."""
+def test_a_batched_upstream_gradient_takes_the_general_formulas(monkeypatch, name):
+    """A vmap-batched upstream gradient (``is_grads_batched``, gradcheck's batched-grad check) goes to
+    the general formulas, those checked under every transform, and gets the twin's gradients."""
 
     def two_upstreams(out):  # (2, *out.shape)
         upstream = torch.stack([torch.full_like(out, 0.5), torch.full_like(out, -2.0)])
         return upstream, upstream
 
     handed_over, grads, expected = _handed_over_with(monkeypatch, name, two_upstreams, is_grads_batched=True)
-    assert handed_over == 0
+    assert handed_over == 1
     torch.testing.assert_close(grads, expected)
 
 

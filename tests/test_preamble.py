@@ -51,12 +51,19 @@ def test_after_a_good_call_bad_labels_are_still_refused(warm):
         functional.two_layer_net_loss(x, target.double(), *params)
 
 
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+)
 @pytest.mark.parametrize("moved", ["x", "target", "W1", "b1", "W2", "b2"])
-def test_after_a_good_call_a_tensor_on_another_device_is_still_refused(warm, moved):
-    """The key holds a CPU tensor's device as ``is_cpu``: a tensor of the same metadata on another
-    device (meta here) is another key, and the checks refuse it."""
-    x, target, (W1, b1, W2, b2) = warm
+def test_after_a_good_call_a_tensor_on_another_device_is_still_refused(warm, moved, device):
+    """The key holds a CPU tensor's device as ``is_cpu`` and any other's as its torch.device: after
+    a good call on ``device``, a tensor of the same metadata on another device (meta here) is
+    another key, and the checks refuse it (on CUDA: two devices that are both not the CPU)."""
+    x, target, params = warm
+    x, target, (W1, b1, W2, b2) = x.to(device), target.to(device), [p.to(device) for p in params]
     tensors = dict(x=x, target=target, W1=W1, b1=b1, W2=W2, b2=b2)
+    functional.two_layer_net_loss(**tensors)  # the good call on this device
+    functional.two_layer_net_logits(**{name: t for name, t in tensors.items() if name != "target"})
     tensors[moved] = tensors[moved].to("meta")
     named = rf"\b{moved} is on meta"  # the boundary's message, not an op's
     with pytest.raises(RuntimeError, match=named):
@@ -65,6 +72,21 @@ def test_after_a_good_call_a_tensor_on_another_device_is_still_refused(warm, mov
         network = {name: t for name, t in tensors.items() if name != "target"}
         with pytest.raises(RuntimeError, match=named):
             functional.two_layer_net_logits(**network)
+
+
+def test_clearing_the_cache_forgets_the_last_key(warm, monkeypatch):
+    """``_checked.clear()`` (how tests make a patched threshold take effect) also forgets the last
+    key found, which is compared before the dict: the next call is checked and planned anew."""
+    x, target, params = warm
+    checks = []
+    original = boundary._check_network
+    monkeypatch.setattr(boundary, "_check_network", lambda *a: checks.append(1) or original(*a))
+    functional.two_layer_net_loss(x, target, *params)
+    assert checks == [] and boundary._checked.last[0] is not None
+    boundary._checked.clear()
+    assert boundary._checked.last == (None, None)
+    functional.two_layer_net_loss(x, target, *params)
+    assert checks == [1]
 
 
 def test_the_cache_is_bounded(monkeypatch):
