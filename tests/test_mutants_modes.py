@@ -73,7 +73,7 @@ def test_column_major_pays_from_its_threshold_on_the_cpu():
     assert _under("vmap", lambda t: modes.column_major_pays(W2, rows)) == [False]
 
 
-FACTORED = [(2, 2, True), (3, 2, True), (1, 4, True), (2, 3, False), (7, 1, True), (2, 0, False)]  # (D, C, pays)
+FACTORED = [(2, 2, True), (3, 2, True), (1, 4, True), (2, 3, False), (7, 1, True), (2, 0, False), (0, 1, True)]  # (D, C, pays)
 
 
 @pytest.mark.parametrize("D, C, expected", FACTORED)
