@@ -73,7 +73,8 @@ def test_column_major_pays_from_its_threshold_on_the_cpu():
     assert _under("vmap", lambda t: modes.column_major_pays(W2, rows)) == [False]
 
 
-FACTORED = [(2, 2, True), (3, 2, True), (1, 4, True), (2, 3, False), (7, 1, True), (2, 0, False), (0, 1, True)]  # (D, C, pays)
+# (D, C, pays); (0, 1): one product column, the bias alone
+FACTORED = [(2, 2, True), (3, 2, True), (1, 4, True), (2, 3, False), (7, 1, True), (2, 0, False), (0, 1, True)]
 
 
 @pytest.mark.parametrize("D, C, expected", FACTORED)

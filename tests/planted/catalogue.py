@@ -310,7 +310,7 @@ CATALOGUE = [
         ("tests/test_preamble.py::test_after_a_good_call_a_bad_x_is_still_refused",), verify=False),
     Bug("device-key/boundary", BOUNDARY,
         "type(target), target.dtype, target.is_cpu or target.device,", "type(target), target.dtype, True,",
-        ("tests/test_preamble.py::test_after_a_good_call_a_tensor_on_another_device_is_still_refused[target]",),
+        ("tests/test_preamble.py::test_after_a_good_call_a_tensor_on_another_device_is_still_refused[target-cpu]",),
         verify=False),
     # --- unbatched: a detached target -----------------------------------------------------------
     Bug("detached-target/unbatched", FUNCTIONAL,
