@@ -68,6 +68,10 @@ def _fast_backward(grad: Tensor, x: Tensor) -> bool:
     return not (torch.is_grad_enabled() or modes.is_batched(grad) or torch.is_autocast_enabled(modes.device_type(x)))
 
 
+def _W2_layout(W2: Tensor, plan: EagerPlan) -> Tensor:
+    return column_major(W2) if plan.column_major_W2 else W2  # (H, C)
+
+
 def _first_order(grad_z2, x, W1, W2, a1, needs, plan: EagerPlan, *, own_grad_z2: bool) -> tuple[Tensor | None, ...]:
     """eq. (10)-(18) from delta2 = grad_z2, first order, in the plan's forms (``modes.EagerPlan``);
     ``own_grad_z2``: grad_z2 was made by this backward, so that at one row db2 may be a view of it
@@ -85,10 +89,9 @@ class EagerLogitsFunction(Function):
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
-        W2_for_a1 = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, a1)
-        return torch.addmm(b2, a1, W2_for_a1)  # (N, C)  eq. (3)
+        return torch.addmm(b2, a1, _W2_layout(W2, plan))  # (N, C)  eq. (3)
 
     @staticmethod
     def backward(ctx, grad_z2):
@@ -106,8 +109,7 @@ class EagerProbsFunction(Function):
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
-        W2_for_a1 = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
-        y_hat = torch.softmax(torch.addmm(b2, a1, W2_for_a1), 1)  # (N, C)  eq. (3), (4)
+        y_hat = torch.softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
         return y_hat
@@ -142,8 +144,7 @@ class EagerLossFunction(Function):
     @staticmethod
     def forward(ctx, x, target, W1, b1, W2, b2, reduction, plan):
         a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
-        W2_for_a1 = column_major(W2) if plan.column_major_W2 else W2  # (H, C)
-        log_probs = torch.log_softmax(torch.addmm(b2, a1, W2_for_a1), 1)  # (N, C)  eq. (3), (4)
+        log_probs = torch.log_softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
         loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction, IGNORE_INDEX)  # (), ()  eq. (5)
         ctx.reduction, ctx.plan = reduction, plan
         ctx.save_for_backward(x, target, W1, b1, W2, b2, a1, log_probs, total_weight)
