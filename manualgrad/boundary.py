@@ -26,12 +26,13 @@ _Key = tuple[object, ...]
 class _Checked(dict[_Key, modes.EagerPlan]):
     """The combinations of metadata that passed the checks, each with its plan; ``last``: the last
     one the lean lookups found, compared first (one ``==`` in place of a hash and a lookup, for the
-    training step that repeats itself: 2.4 us less, of 6.6, in a step at N=1)."""
+    training step that repeats itself: 2.4 us less, of 6.6, in a step at N=1). :func:`network_plan`
+    and :func:`loss_plan` compare it inline, a call less."""
 
-    last: tuple[_Key | None, modes.EagerPlan | None] = (None, None)
+    last: tuple[_Key, modes.EagerPlan] = ((), modes.EagerPlan(False, False, False, False))  # () is no one's key
 
     def clear(self) -> None:
-        self.last = (None, None)
+        self.last = _Checked.last
         super().clear()
 
 
@@ -91,17 +92,16 @@ def _seen(key: _Key | None) -> bool:
 
 
 def _kept(key: _Key | None) -> modes.EagerPlan | None:
-    """The plan kept for ``key``, or None: not seen, not a key, or not hashable (then every call is checked)."""
-    checked = _checked
-    last_key, last_plan = checked.last
-    if key == last_key:
-        return last_plan
+    """The plan kept for ``key``, or None: not seen, not a key, or not hashable (then every call is
+    checked); a plan found becomes ``_checked.last``."""
+    if key is None:
+        return None
     try:
-        plan = checked.get(key)  # type: ignore[arg-type]
+        plan = _checked.get(key)
     except TypeError:
         return None
     if plan is not None:
-        checked.last = (key, plan)
+        _checked.last = (key, plan)
     return plan
 
 
@@ -144,6 +144,9 @@ def network_plan(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> m
     :func:`prepare_network`, once per combination of metadata, and what the lean Functions do with
     such tensors (``modes.eager_network_plan``)."""
     key = _network_key(False, x, W1, b1, W2, b2)
+    last_key, last_plan = _checked.last
+    if key == last_key:
+        return last_plan
     plan = _kept(key)
     if plan is None:  # not seen: check, and keep the plan with the decision
         x, _ = prepare_network(x, W1, b1, W2, b2, autocast=False)
@@ -172,6 +175,9 @@ def loss_plan(x: Tensor, target: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2:
     :func:`prepare_loss`, once per combination of metadata, and what the lean loss does with such
     tensors (``modes.eager_loss_plan``)."""
     key = _loss_key(False, x, target, W1, b1, W2, b2)
+    last_key, last_plan = _checked.last
+    if key == last_key:
+        return last_plan
     plan = _kept(key)
     if plan is None:  # not seen: check, and keep the plan with the decision
         x, target, _ = prepare_loss(x, target, W1, b1, W2, b2, autocast=False)

@@ -9,23 +9,28 @@ in, with as few ops and lines as the formulas allow:
 
 * the classic ``forward(ctx, ...)`` form: no ``setup_context`` call, one output, only the tensors
   backward reads are saved;
-* eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op; where the
+* eq. (11) as one ``tanh_backward`` op, eq. (6) as one ``_softmax_backward_data`` op, the
+  products with a transposed weight of eq. (10), (18) as one ``F.linear`` call each; where the
   plan multiplies a1 by a column-major copy of W2 (``modes.column_major_pays_eager``), eq. (14) is
   (delta2^T a1)^T, a faster BLAS kernel there, else a1^T delta2 in W2's own layout, which
   AccumulateGrad keeps without a copy; at one row the sums over rows of eq. (15), (17) are that
-  row, a view of a tensor the backward made (``modes.EagerPlan.one_row``);
+  row, a view of a tensor the backward made (``modes.EagerPlan.one_row``); the formulas written
+  out in one function (:func:`_first_order`), with positional arguments;
 * the loss's eq. (5) and (7) with PyTorch's nll_loss, its backward and the log-softmax backward
   (autograd's own formulas for ``F.cross_entropy``): one op for the loss, two for delta2; rows
   labelled -100 (F.cross_entropy's default ``ignore_index``) count for nothing, and nll_loss
   refuses a label outside [0, C) as it reads them (``functional.py`` then names it, as the general
   path does on the CPU);
-* :func:`apply_network` and :func:`apply_loss` call them without ``Function.apply``'s Python preamble.
+* :func:`apply_network` and :func:`apply_loss` call them without ``Function.apply``'s Python
+  preamble, and autograd's engine calls their ``backward`` without ``BackwardCFunction.apply``'s
+  (:func:`_call_backward_directly`); a tensor left over from a finished ``torch.func`` transform,
+  and a vmap-batched upstream gradient, are told by what they lack: storage.
 
 ``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
-``torch.func``, forward-mode AD, dispatch mode or autocast) and below the row counts where the
+``torch.func``, forward-mode AD, dispatch mode or autocast on any device) and below the row counts where the
 chunked paths of ``autograd.py`` take over. A backward that is recorded (``create_graph=True``),
-gets a vmap-batched upstream gradient (gradcheck's batched-grad check) or runs inside autocast
-takes the general formulas of ``autograd.py`` instead (:func:`autograd.network_backward`,
+gets a vmap-batched upstream gradient (gradcheck's batched-grad check; there ``F.linear`` would run
+per sample) or runs inside autocast takes the general formulas of ``autograd.py`` instead (:func:`autograd.network_backward`,
 :func:`autograd.loss_backward`), which recompute what they need from the saved inputs.
 """
 
@@ -36,19 +41,20 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
 from . import modes
 from .autograd import loss_backward, network_backward, unwrap_if_dead
 from .kernels import (
-    backward_from_logits,
     column_major,
     effective_target,
     hidden_activation_fast,
     loss_grad_logits_fused,
     nll_loss_and_total_weight,
     softmax_vjp_fused,
+    tanh_backward,
 )
 from .modes import EagerPlan
 
@@ -62,25 +68,53 @@ def _general(backward: Callable[..., tuple[Tensor | None, ...]], x: Tensor, *arg
         return backward(x, *args)
 
 
-def _fast_backward(grad: Tensor, x: Tensor) -> bool:
-    """Whether the first-order formulas may run as they are: not recorded, a plain upstream gradient
-    and autocast off (a ``loss.backward()`` inside an autocast region would cast the matmuls)."""
-    return not (torch.is_grad_enabled() or modes.is_batched(grad) or torch.is_autocast_enabled(modes.device_type(x)))
+def _fast_backward(grad: Tensor) -> bool:
+    """Whether the first-order formulas may run as they are: not recorded, autocast off on every
+    device (a ``loss.backward()`` inside an autocast region would cast the matmuls) and a plain
+    upstream gradient. A vmap-batched one (gradcheck's batched-grad check) is a wrapper without
+    storage, on which ``data_ptr`` raises: cheaper to ask than functorch (``modes.is_batched``)."""
+    if torch.is_grad_enabled() or type(grad) is not Tensor or torch._C._is_any_autocast_enabled():
+        return False
+    try:
+        grad.data_ptr()
+    except RuntimeError:  # "Cannot access data pointer of Tensor that doesn't have storage"
+        return False
+    return True
 
 
 def _W2_layout(W2: Tensor, plan: EagerPlan) -> Tensor:
     return column_major(W2) if plan.column_major_W2 else W2  # (H, C)
 
 
-def _first_order(grad_z2, x, W1, W2, a1, needs, plan: EagerPlan, *, own_grad_z2: bool) -> tuple[Tensor | None, ...]:
-    """eq. (10)-(18) from delta2 = grad_z2, first order, in the plan's forms (``modes.EagerPlan``);
+def _hidden(x: Tensor, W1: Tensor, b1: Tensor, plan: EagerPlan) -> Tensor:
+    if plan.sigmoid_form:
+        return hidden_activation_fast(x, W1, b1, sigmoid_form=True, in_place=True)  # (N, H)  eq. (1)-(2)
+    return torch.addmm(b1, x, W1).tanh_()  # (N, H)  eq. (1)-(2), in place on our own z1
+
+
+def _first_order(grad_z2, x, W1, W2, a1, needs, plan, own_grad_z2):
+    """eq. (10)-(18) from delta2 = grad_z2 (N, C), first order, in the plan's forms (``modes.EagerPlan``):
+    (dx, dW1, db1, dW2, db2) for those ``needs`` asks. Written out, positional, one ``F.linear`` for
+    each product with a transposed weight: at N=1 every call and view costs as much as an op.
     ``own_grad_z2``: grad_z2 was made by this backward, so that at one row db2 may be a view of it
     (never of the caller's upstream gradient, which the caller may still write to)."""
-    transposed, one_row = plan.column_major_W2, plan.one_row
-    return backward_from_logits(
-        grad_z2, x, W1, W2, a1, needs, in_place=True, transposed_W2_product=transposed, one_row=one_row,
-        own_grad_z2=own_grad_z2,
-    )  # fmt: skip
+    need_x, need_W1, need_b1, need_W2, need_b2 = needs
+    grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
+    if need_W2 and plan.column_major_W2:
+        grad_W2 = torch.mm(grad_z2.t(), a1).t()  # (H, C)  eq. (14), as (delta2^T a1)^T: W2's column-major copy
+    elif need_W2:
+        grad_W2 = torch.mm(a1.t(), grad_z2)  # (H, C)  eq. (14), in W2's own layout
+    if need_b2:
+        grad_b2 = grad_z2[0] if plan.one_row and own_grad_z2 else grad_z2.sum(0)  # (C,)  eq. (15)
+    if need_x or need_W1 or need_b1:
+        grad_z1 = tanh_backward(F.linear(grad_z2, W2), a1)  # (N, H)  eq. (10), (11): (delta2 W2^T) * (1 - a1^2)
+        if need_W1:
+            grad_W1 = torch.mm(x.t(), grad_z1)  # (D, H)  eq. (16)
+        if need_b1:
+            grad_b1 = grad_z1[0] if plan.one_row else grad_z1.sum(0)  # (H,)  eq. (17)
+        if need_x:
+            grad_x = F.linear(grad_z1, W1)  # (N, D)  eq. (18): delta1 W1^T
+    return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
 
 
 class EagerLogitsFunction(Function):
@@ -88,7 +122,7 @@ class EagerLogitsFunction(Function):
 
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
-        a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
+        a1 = _hidden(x, W1, b1, plan)  # (N, H)  eq. (1)-(2)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, a1)
         return torch.addmm(b2, a1, _W2_layout(W2, plan))  # (N, C)  eq. (3)
@@ -97,9 +131,9 @@ class EagerLogitsFunction(Function):
     def backward(ctx, grad_z2):
         x, W1, b1, W2, a1 = ctx.saved_tensors
         needs = ctx.needs_input_grad[:5]
-        if not _fast_backward(grad_z2, x):
+        if not _fast_backward(grad_z2):
             return *_general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, needs), None
-        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan, own_grad_z2=False)  # eq. (10)-(18)
+        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan, False)  # eq. (10)-(18)
         return *grads, None
 
 
@@ -108,7 +142,7 @@ class EagerProbsFunction(Function):
 
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
-        a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
+        a1 = _hidden(x, W1, b1, plan)  # (N, H)  eq. (1)-(2)
         y_hat = torch.softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
@@ -118,11 +152,11 @@ class EagerProbsFunction(Function):
     def backward(ctx, grad_y_hat):
         x, W1, b1, W2, b2, a1, y_hat = ctx.saved_tensors
         needs = ctx.needs_input_grad[:5]
-        if not _fast_backward(grad_y_hat, x):
+        if not _fast_backward(grad_y_hat):
             general = partial(network_backward, grad_y_hat, b2=b2, y_hat=y_hat)
             return *_general(general, x, W1, b1, W2, a1, needs), None
         grad_z2 = softmax_vjp_fused(grad_y_hat, y_hat)  # (N, C)  eq. (6)
-        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan, own_grad_z2=True)  # eq. (10)-(18)
+        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan, True)  # eq. (10)-(18)
         return *grads, None
 
 
@@ -143,7 +177,7 @@ class EagerLossFunction(Function):
 
     @staticmethod
     def forward(ctx, x, target, W1, b1, W2, b2, reduction, plan):
-        a1 = hidden_activation_fast(x, W1, b1, sigmoid_form=plan.sigmoid_form, in_place=True)  # (N, H)  eq. (1)-(2)
+        a1 = _hidden(x, W1, b1, plan)  # (N, H)  eq. (1)-(2)
         log_probs = torch.log_softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
         loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction, IGNORE_INDEX)  # (), ()  eq. (5)
         ctx.reduction, ctx.plan = reduction, plan
@@ -154,7 +188,7 @@ class EagerLossFunction(Function):
     def backward(ctx, grad_loss):
         x, target, W1, b1, W2, b2, a1, log_probs, total_weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        if not _fast_backward(grad_loss, x):  # from a1 and log y_hat; recomputed and recorded if create_graph
+        if not _fast_backward(grad_loss):  # from a1 and log y_hat; recomputed and recorded if create_graph
             residuals = (a1, log_probs)
             grads = _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, ctx.reduction, needs, residuals)
             return *grads, None, None
@@ -162,15 +196,41 @@ class EagerLossFunction(Function):
             grad_loss, log_probs, target, ctx.reduction, IGNORE_INDEX, total_weight
         )
         grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _first_order(  # eq. (10)-(18)
-            delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), ctx.plan, own_grad_z2=True
+            delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), ctx.plan, True
         )
         return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None, None
 
+
+def _call_backward_directly(function: type[Function]) -> None:
+    """Let autograd's engine call ``function.backward`` itself. By default it calls the ``apply`` of
+    the context's class (``BackwardCFunction.apply``), Python that asks on every backward whether the
+    Function defines ``vjp`` or takes boxed gradients, which these never do (about 1.5 us of a step
+    at N=1). Set as a class attribute, ``backward`` is a method: ``ctx.apply(*grads)`` is
+    ``backward(ctx, *grads)``."""
+    backward_class = getattr(function, "_backward_cls", None)  # made for each Function by FunctionMeta
+    if backward_class is not None and "apply" not in vars(backward_class):
+        backward_class.apply = function.backward
+
+
+for _function in (EagerLogitsFunction, EagerProbsFunction, EagerLossFunction):
+    _call_backward_directly(_function)
 
 _RAW_APPLY: dict[type[Function], Callable[..., Tensor]] = {  # Function.apply without its preamble, looked up once
     function: super(Function, function).apply  # type: ignore[misc]
     for function in (EagerLogitsFunction, EagerProbsFunction, EagerLossFunction)
 }
+
+
+def _unwrap_the_dead(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors, each left over from a finished ``torch.func`` transform (a dead wrapper) unwrapped,
+    as ``Function.apply`` does. A wrapper has no storage, so ``data_ptr`` raises on it: asking that
+    of five tensors costs a third of asking functorch of each (a step at N=1 is about 200 us)."""
+    try:
+        for t in tensors:
+            t.data_ptr()
+    except RuntimeError:  # "Cannot access data pointer of Tensor that doesn't have storage"
+        return tuple(unwrap_if_dead(t) for t in tensors)
+    return tensors
 
 
 def apply_network(
@@ -180,9 +240,7 @@ def apply_network(
     in plain eager mode: without ``Function.apply``'s Python preamble, which at a few rows costs as
     much as an op; a tensor left over from a finished ``torch.func`` transform is unwrapped, as it
     does. ``plan``: ``modes.eager_network_plan`` of these tensors."""
-    return _RAW_APPLY[function](
-        unwrap_if_dead(x), unwrap_if_dead(W1), unwrap_if_dead(b1), unwrap_if_dead(W2), unwrap_if_dead(b2), plan
-    )
+    return _RAW_APPLY[function](*_unwrap_the_dead(x, W1, b1, W2, b2), plan)
 
 
 def apply_loss(
@@ -190,14 +248,4 @@ def apply_loss(
 ) -> Tensor:
     """``EagerLossFunction.apply(...)`` in plain eager mode, as :func:`apply_network`; ``plan``:
     ``modes.eager_loss_plan`` of these tensors."""
-    apply = _RAW_APPLY[EagerLossFunction]
-    return apply(
-        unwrap_if_dead(x),
-        unwrap_if_dead(target),
-        unwrap_if_dead(W1),
-        unwrap_if_dead(b1),
-        unwrap_if_dead(W2),
-        unwrap_if_dead(b2),
-        reduction,
-        plan,
-    )
+    return _RAW_APPLY[EagerLossFunction](*_unwrap_the_dead(x, target, W1, b1, W2, b2), reduction, plan)

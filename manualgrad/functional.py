@@ -75,17 +75,23 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
     return without_jvp if torch.compiler.is_compiling() else with_jvp
 
 
-def _lean_network(function: type[Function], x: Any, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor | None:
-    """The network's output through a lean Function of ``eager.py``, or None where those do not serve
-    (``modes.eager_network_plan``): in plain eager mode (``modes.plain_eager``), from a plan
-    decided with the boundary checks, once per combination of metadata. From
-    ``modes.CHUNKED_NETWORK_MIN_ROWS`` rows it steps aside before the lookup, so that the general
-    path's own lookup is the only one of such a call. As few Python steps as it can: at N=1 a training
-    step is about 200 us, and the whole preamble was 20 us of it."""
-    if not modes.plain_eager(x) or (x.dim() > 0 and x.shape[0] >= modes.CHUNKED_NETWORK_MIN_ROWS):
-        return None
-    plan = boundary.network_plan(x, W1, b1, W2, b2)
-    return eager.apply_network(function, x, W1, b1, W2, b2, plan) if plan.lean else None
+def _network(
+    lean: type[Function], general: tuple[type[Function], type[Function]], x: Any, W1: Tensor, b1: Tensor, W2: Tensor,
+    b2: Tensor,
+) -> Tensor:
+    """The network's output through ``lean`` (a Function of ``eager.py``) where the plan says so
+    (``modes.eager_network_plan``), else through ``general`` (with and without jvp, :func:`_pick`).
+    In plain eager mode (``modes.plain_eager``) the boundary checks and the plan are decided once per
+    combination of metadata, one lookup for any N; elsewhere the checks are those of
+    ``boundary.prepare_network``. As few Python steps as it can: at N=1 a training step is about
+    200 us, and the whole preamble was 20 us of it."""
+    if modes.plain_eager(x):
+        plan = boundary.network_plan(x, W1, b1, W2, b2)
+        if plan.lean:
+            return eager.apply_network(lean, x, W1, b1, W2, b2, plan)
+        return _apply_network(_pick(*general), x, W1, b1, W2, b2, False)  # plain eager: autocast off
+    x, autocast = boundary.prepare_network(x, W1, b1, W2, b2)
+    return _apply_network(_pick(*general), x, W1, b1, W2, b2, autocast)
 
 
 _SCALAR_REDUCTIONS = ("mean", "sum")
@@ -106,7 +112,8 @@ def _lean_loss(
     """The loss through ``eager.py``'s lean Function, or None where it does not serve: it takes the
     default options and a scalar reduction, under the default loss strategy, in plain eager mode,
     for the tensors ``modes.eager_loss_plan`` says (CPU, float32 or float64, class indices, fewer
-    than ``modes.PRECOMPUTE_MIN_ROWS`` rows, asked before the lookup as in :func:`_lean_network`).
+    than ``modes.PRECOMPUTE_MIN_ROWS`` rows, asked before the lookup, so that the general path's lookup
+    is the only one of a larger call).
     nll_loss checks the labels' range as it reads them; for a label outside [0, C),
     ``validation.check_class_indices`` then says which, as on the general path."""
     defaults = validation.default_loss_options(weight, ignore_index, label_smoothing)
@@ -167,11 +174,7 @@ def two_layer_net(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> 
         >>> y_hat.shape, bool(torch.allclose(y_hat.sum(1), torch.ones(8)))
         (torch.Size([8, 3]), True)
     """
-    lean = _lean_network(eager.EagerProbsFunction, x, W1, b1, W2, b2)
-    if lean is not None:
-        return lean
-    x, autocast = boundary.prepare_network(x, W1, b1, W2, b2)
-    return _apply_network(_pick(ProbsFunction, ProbsFunctionNoJvp), x, W1, b1, W2, b2, autocast)
+    return _network(eager.EagerProbsFunction, (ProbsFunction, ProbsFunctionNoJvp), x, W1, b1, W2, b2)
 
 
 def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
@@ -200,11 +203,7 @@ def two_layer_net_logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tens
         >>> F.nll_loss(F.log_softmax(z2, 1), torch.randint(0, 3, (8,))).shape
         torch.Size([])
     """
-    lean = _lean_network(eager.EagerLogitsFunction, x, W1, b1, W2, b2)
-    if lean is not None:
-        return lean
-    x, autocast = boundary.prepare_network(x, W1, b1, W2, b2)
-    return _apply_network(_pick(LogitsFunction, LogitsFunctionNoJvp), x, W1, b1, W2, b2, autocast)
+    return _network(eager.EagerLogitsFunction, (LogitsFunction, LogitsFunctionNoJvp), x, W1, b1, W2, b2)
 
 
 def two_layer_net_loss(

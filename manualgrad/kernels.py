@@ -272,18 +272,13 @@ def backward_from_logits(
     *,
     in_place: bool = False,
     transposed_W2_product: bool = True,
-    one_row: bool = False,
-    own_grad_z2: bool = False,
 ) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2, for those ``needs`` asks.
 
     ``in_place``: not recorded, so eq. (11) may run as one fused ``tanh_backward`` op.
     ``transposed_W2_product``: eq. (14) as (delta2^T a1)^T, a faster BLAS kernel from a few dozen
     rows; else a1^T delta2, in W2's own layout, which AccumulateGrad keeps without a copy.
-    ``one_row``: N = 1 (eager plans only: never where N is symbolic). The sum over rows of eq. (17)
-    is that row of delta1, a view (at N=1 about 1.5 us less than a sum); that of eq. (15) too where
-    ``own_grad_z2`` says grad_z2 is the caller's own (made in its backward): a view of an upstream
-    gradient would let a later write to one change the other.
+    (The lean Functions of ``eager.py`` write these formulas out for plain eager mode.)
     """
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
@@ -292,20 +287,20 @@ def backward_from_logits(
     elif need_W2:
         grad_W2 = torch.mm(a1.t(), grad_z2)  # (H, C)  eq. (14)
     if need_b2:
-        grad_b2 = grad_z2[0] if one_row and own_grad_z2 else grad_z2.sum(0)  # (C,)  eq. (15)
+        grad_b2 = grad_z2.sum(0)  # (C,)  eq. (15)
     if need_x or need_W1 or need_b1:
         grad_a1 = torch.mm(grad_z2, W2.t())  # (N, H)  eq. (10)
         if in_place:
-            grad_z1 = _tanh_backward(grad_a1, a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2), one op
+            grad_z1 = tanh_backward(grad_a1, a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2), one op
         else:
             grad_z1 = grad_a1 - grad_a1 * (a1 * a1)  # (N, H)  eq. (11): dL/da1 * (1 - a1^2)
         if need_W1:
             grad_W1 = torch.mm(x.t(), grad_z1)  # (D, H)  eq. (16)
         if need_b1:
-            grad_b1 = grad_z1[0] if one_row else grad_z1.sum(0)  # (H,)  eq. (17)
+            grad_b1 = grad_z1.sum(0)  # (H,)  eq. (17)
         if need_x:
             grad_x = torch.mm(grad_z1, W1.t())  # (N, D)  eq. (18)
     return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
 
 
-_tanh_backward = torch.ops.aten.tanh_backward.default  # (g, a) -> g * (1 - a^2), one pass
+tanh_backward = torch.ops.aten.tanh_backward.default  # (g, a) -> g * (1 - a^2), one pass

@@ -106,7 +106,7 @@ def tracing(x: Tensor | None = None) -> bool:
 def plain_eager(x: object) -> bool:
     """True in plain eager mode for a plain CPU or CUDA tensor x: no compile, export, make_fx,
     ``torch.func`` transform, forward-mode AD level, dispatch mode (fake tensors, FlopCounterMode
-    and any other ``TorchDispatchMode``) or autocast for x's device. There the lean Functions of
+    and any other ``TorchDispatchMode``) or autocast (on any device). There the lean Functions of
     ``eager.py`` may serve. One function, cheapest question first: it runs on every small call."""
     return (
         type(x) is Tensor
@@ -115,7 +115,7 @@ def plain_eager(x: object) -> bool:
         and not torch._C._are_functorch_transforms_active()
         and forward_ad._current_level < 0
         and torch._C._len_torch_dispatch_stack() == 0
-        and not torch.is_autocast_enabled("cpu" if x.is_cpu else "cuda")
+        and not torch._C._is_any_autocast_enabled()  # any device: cheaper than naming x's
     )
 
 

@@ -103,18 +103,22 @@ def test_gradcheck_float64(device, case, soft):
 # ---------------------------------------------------------------------------------------
 
 
-def _patch_everywhere(monkeypatch, name, replacement):
-    """Replace a kernel in both layers that call it: the general Functions and the lean eager ones."""
-    for module in (autograd, eager):
-        monkeypatch.setattr(module, name, replacement)
+def _patch_everywhere(monkeypatch, change):
+    """Break eq. (10)-(18) in both layers that write them: the kernel of the general Functions
+    (``autograd.backward_from_logits``) and the lean eager Functions' own (``eager._first_order``),
+    whose arguments start alike (grad_z2, x, W1, W2, a1, needs). ``change(original)`` gives the broken one."""
+    monkeypatch.setattr(autograd, "backward_from_logits", change(autograd.backward_from_logits))
+    monkeypatch.setattr(eager, "_first_order", change(eager._first_order))
 
 
-def _broken(original, fault):
-    def broken_backward(grad_z2, x, W1, W2, a1, needs, **flags):
-        grads = list(original(grad_z2, x, W1, W2, a1, needs, **flags))
-        return tuple(fault(grads))
+def _broken(fault):
+    def change(original):
+        def broken_backward(*args, **flags):
+            return tuple(fault(list(original(*args, **flags))))
 
-    return broken_backward
+        return broken_backward
+
+    return change
 
 
 FAULTS = {
@@ -127,7 +131,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_negative_control_broken_backward_is_caught(monkeypatch, fault):
-    _patch_everywhere(monkeypatch, "backward_from_logits", _broken(autograd.backward_from_logits, FAULTS[fault]))
+    _patch_everywhere(monkeypatch, _broken(FAULTS[fault]))
     x, target, params = make_problem(7, 2, 8, 2)
     with pytest.raises(AssertionError):
         assert_matches_twin(
@@ -143,12 +147,13 @@ def test_negative_control_broken_backward_is_caught(monkeypatch, fault):
 
 def test_negative_control_dropped_tanh_derivative_is_caught(monkeypatch):
     """The article's most common slip: forgetting (1 - a1^2) in eq. (11)."""
-    original = autograd.backward_from_logits
+    def without_tanh_derivative(original):
+        def broken(grad_z2, x, W1, W2, a1, *rest, **flags):
+            return original(grad_z2, x, W1, W2, torch.zeros_like(a1), *rest, **flags)  # a1 := 0: 1 - a1^2 == 1
 
-    def without_tanh_derivative(grad_z2, x, W1, W2, a1, needs, **flags):
-        return original(grad_z2, x, W1, W2, torch.zeros_like(a1), needs, **flags)  # a1 := 0 makes 1 - a1^2 == 1
+        return broken
 
-    _patch_everywhere(monkeypatch, "backward_from_logits", without_tanh_derivative)
+    _patch_everywhere(monkeypatch, without_tanh_derivative)
     x, _, params = make_problem(6, 2, 8, 2)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
     assert not torch.autograd.gradcheck(functional.two_layer_net, inputs, raise_exception=False)

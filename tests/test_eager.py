@@ -264,8 +264,8 @@ def test_a_retained_graph_gives_new_gradient_tensors_each_time(taken):
 
 def test_the_loss_backward_computes_gradients_only_for_inputs_that_require_them(monkeypatch):
     seen = []
-    original = eager.backward_from_logits
-    monkeypatch.setattr(eager, "backward_from_logits", lambda *a, **k: seen.append(a[5]) or original(*a, **k))
+    original = eager._first_order
+    monkeypatch.setattr(eager, "_first_order", lambda *a: seen.append(a[5]) or original(*a))
     x, target, (W1, b1, W2, b2) = make_problem(4)
     W1.requires_grad_()
     b2.requires_grad_()
@@ -276,18 +276,18 @@ def test_the_loss_backward_computes_gradients_only_for_inputs_that_require_them(
 
 
 @pytest.mark.parametrize("N, transposed", [(1, False), (15, False), (16, True)])
-def test_dW2_is_made_in_W2s_layout_below_16_rows(monkeypatch, N, transposed):
-    """From 16 rows (delta2^T a1)^T is faster; below, a1^T delta2 is, and AccumulateGrad keeps it."""
-    flags = []
-    original = eager.backward_from_logits
-    monkeypatch.setattr(eager, "backward_from_logits", lambda *a, **k: flags.append(k) or original(*a, **k))
+def test_dW2_is_made_in_W2s_layout_below_16_rows(N, transposed):
+    """From 16 rows (delta2^T a1)^T is faster (strides (1, H)); below, a1^T delta2 is, in W2's own
+    layout (strides (C, 1)), which AccumulateGrad keeps. A hook sees dW2 as the backward made it."""
     x, target, params = make_problem(N)
-    inputs = [p.requires_grad_() for p in params]
-    _loss(x, target, *inputs).backward()
-    functional.two_layer_net_logits(x, *inputs).sum().backward()
-    functional.two_layer_net(x, *inputs)[:, 0].sum().backward()
-    assert [k["transposed_W2_product"] for k in flags] == [transposed, transposed, transposed]
-    assert all(k["in_place"] for k in flags)
+    W1, b1, W2, b2 = [p.requires_grad_() for p in params]
+    strides = []
+    W2.register_hook(lambda grad: strides.append(grad.stride()))
+    _loss(x, target, W1, b1, W2, b2).backward()
+    functional.two_layer_net_logits(x, W1, b1, W2, b2).sum().backward()
+    functional.two_layer_net(x, W1, b1, W2, b2)[:, 0].sum().backward()
+    H, C = W2.shape
+    assert strides == [(1, H) if transposed else (C, 1)] * 3
 
 
 # ---------------------------------------------------------------------------------------
@@ -432,14 +432,16 @@ def test_a_parametrized_weight_is_used(taken):
 def test_lean_network_forms_and_layouts(monkeypatch, path, N, sigmoid_form, column_major):
     """tanh in the sigmoid form from N H >= 4096 (CPU, float), in place; W2 column-major from 16 rows."""
     forms, layouts = [], []
-    hidden, reorder = eager.hidden_activation_fast, eager.column_major
-    monkeypatch.setattr(eager, "hidden_activation_fast", lambda *a, **k: forms.append(k) or hidden(*a, **k))
+    for form in ("tanh_", "sigmoid_"):  # eq. (2) in place, as tanh or in the sigmoid form
+        method = getattr(torch.Tensor, form)
+        monkeypatch.setattr(torch.Tensor, form, lambda t, method=method, form=form: forms.append(form) or method(t))
+    reorder = eager.column_major
     monkeypatch.setattr(eager, "column_major", lambda W2: layouts.append(W2.shape) or reorder(W2))
     products, addmm = [], torch.addmm  # the layout of the W2 that eq. (3) multiplies by
     monkeypatch.setattr(torch, "addmm", lambda b, a, W, **k: products.append(W.stride()) or addmm(b, a, W, **k))
     x, target, params = make_problem(N, H=256)
     LEAN[path][0](x, *params) if path in LEAN else _loss(x, target, *params)
-    assert forms == [dict(sigmoid_form=sigmoid_form, in_place=True)]
+    assert forms == ["sigmoid_" if sigmoid_form else "tanh_"]
     assert layouts == ([(256, 2)] if column_major else [])
     assert products[-1] == ((1, 256) if column_major else (2, 1))
 
@@ -550,3 +552,19 @@ def test_a_subclass_upstream_gradient_takes_the_general_formulas(monkeypatch, na
     handed_over, grads, expected = _handed_over_with(monkeypatch, name, marked)
     assert handed_over == 1
     torch.testing.assert_close(grads, expected)
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_autograd_calls_the_lean_backwards_directly(name):
+    """The engine calls ``backward`` itself, not BackwardCFunction.apply's Python around it
+    (``eager._call_backward_directly``); ``grad_fn.apply`` still gives backward's gradients."""
+    x, target, params = make_problem(3)
+    params = [p.requires_grad_() for p in params]
+    out = _entry(name, target)(x, *params)
+    function = type(out.grad_fn)._forward_cls
+    assert function in (eager.EagerProbsFunction, eager.EagerLogitsFunction, eager.EagerLossFunction)
+    assert vars(function._backward_cls)["apply"] is function.backward
+    upstream = torch.ones_like(out)
+    by_apply = [g for g in out.grad_fn.apply(upstream) if g is not None]
+    for got, expected in zip(by_apply, torch.autograd.grad(out, params, upstream)):
+        torch.testing.assert_close(got, expected)

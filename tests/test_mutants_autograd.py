@@ -21,7 +21,7 @@ from manualgrad import autograd, functional, modes, reference
 def general_functions(monkeypatch):
     """These tests kill mutants of autograd.py, so its Functions serve every call here; the lean
     Functions of eager.py, which serve plain eager calls at small batches, have test_eager.py."""
-    monkeypatch.setattr(functional, "_lean_network", lambda *args: None)
+    monkeypatch.setattr(modes, "eager_network_plan", lambda *args: modes.EagerPlan(False, False, False, False))
     monkeypatch.setattr(functional, "_lean_loss", lambda *args: None)
 
 
