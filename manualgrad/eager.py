@@ -27,11 +27,13 @@ in, with as few ops and lines as the formulas allow:
   and a vmap-batched upstream gradient, are told by what they lack: storage.
 
 ``functional.py`` takes them only when ``modes.plain_eager`` holds (no compile, export, make_fx,
-``torch.func``, forward-mode AD, dispatch mode or autocast on any device) and below the row counts where the
-chunked paths of ``autograd.py`` take over. A backward that is recorded (``create_graph=True``),
-gets a vmap-batched upstream gradient (gradcheck's batched-grad check; there ``F.linear`` would run
-per sample) or runs inside autocast takes the general formulas of ``autograd.py`` instead (:func:`autograd.network_backward`,
-:func:`autograd.loss_backward`), which recompute what they need from the saved inputs.
+``torch.func``, forward-mode AD, dispatch mode or autocast on any device) and below the row counts
+where the chunked paths of ``autograd.py`` take over. A backward that is recorded
+(``create_graph=True``), gets a vmap-batched upstream gradient (gradcheck's batched-grad check;
+there ``F.linear`` would run per sample) or runs inside autocast takes the general formulas of
+``autograd.py`` instead (:func:`autograd.network_backward`, :func:`autograd.loss_backward`),
+which recompute what they need from the saved inputs. Under compiled autograd, dynamo traces these
+backwards as they are.
 """
 
 from __future__ import annotations
@@ -96,20 +98,21 @@ def _first_order(grad_z2, x, W1, W2, a1, needs, plan, own_grad_z2):
     """eq. (10)-(18) from delta2 = grad_z2 (N, C), first order, in the plan's forms (``modes.EagerPlan``):
     (dx, dW1, db1, dW2, db2) for those ``needs`` asks. Written out, positional, one ``F.linear`` for
     each product with a transposed weight: at N=1 every call and view costs as much as an op.
+    ``.mT`` for a transpose: a getter, and one op (``transpose``) where ``.t()`` dispatches two.
     ``own_grad_z2``: grad_z2 was made by this backward, so that at one row db2 may be a view of it
     (never of the caller's upstream gradient, which the caller may still write to)."""
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
     if need_W2 and plan.column_major_W2:
-        grad_W2 = torch.mm(grad_z2.t(), a1).t()  # (H, C)  eq. (14), as (delta2^T a1)^T: W2's column-major copy
+        grad_W2 = torch.mm(grad_z2.mT, a1).mT  # (H, C)  eq. (14), as (delta2^T a1)^T: W2's column-major copy
     elif need_W2:
-        grad_W2 = torch.mm(a1.t(), grad_z2)  # (H, C)  eq. (14), in W2's own layout
+        grad_W2 = torch.mm(a1.mT, grad_z2)  # (H, C)  eq. (14), in W2's own layout
     if need_b2:
         grad_b2 = grad_z2[0] if plan.one_row and own_grad_z2 else grad_z2.sum(0)  # (C,)  eq. (15)
     if need_x or need_W1 or need_b1:
         grad_z1 = tanh_backward(F.linear(grad_z2, W2), a1)  # (N, H)  eq. (10), (11): (delta2 W2^T) * (1 - a1^2)
         if need_W1:
-            grad_W1 = torch.mm(x.t(), grad_z1)  # (D, H)  eq. (16)
+            grad_W1 = torch.mm(x.mT, grad_z1)  # (D, H)  eq. (16)
         if need_b1:
             grad_b1 = grad_z1[0] if plan.one_row else grad_z1.sum(0)  # (H,)  eq. (17)
         if need_x:

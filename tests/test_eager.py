@@ -568,3 +568,21 @@ def test_autograd_calls_the_lean_backwards_directly(name):
     by_apply = [g for g in out.grad_fn.apply(upstream) if g is not None]
     for got, expected in zip(by_apply, torch.autograd.grad(out, params, upstream)):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_compiled_autograd_runs_the_lean_backwards(name):
+    """Under compiled autograd (dynamo traces the backward graph, our Python backward included) the
+    lean Functions' gradients are the twin's."""
+    x, target, params = make_problem(4)
+    leaves = [p.requires_grad_() for p in params]
+    out = _entry(name, target)(x, *leaves)
+    lean = (eager.EagerProbsFunction, eager.EagerLogitsFunction, eager.EagerLossFunction)
+    assert type(out.grad_fn)._forward_cls in lean
+    with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+        out.sum().backward()
+    twin = [p.detach().requires_grad_() for p in params]
+    twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
+    twin_entry(x, *twin).sum().backward()
+    for mine, theirs in zip(leaves, twin):
+        torch.testing.assert_close(mine.grad, theirs.grad)
