@@ -271,21 +271,17 @@ def backward_from_logits(
     needs: Sequence[bool],
     *,
     in_place: bool = False,
-    transposed_W2_product: bool = True,
 ) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2, for those ``needs`` asks.
 
     ``in_place``: not recorded, so eq. (11) may run as one fused ``tanh_backward`` op.
-    ``transposed_W2_product``: eq. (14) as (delta2^T a1)^T, a faster BLAS kernel from a few dozen
-    rows; else a1^T delta2, in W2's own layout, which AccumulateGrad keeps without a copy.
-    (The lean Functions of ``eager.py`` write these formulas out for plain eager mode.)
+    Eq. (14) as (delta2^T a1)^T, a faster BLAS kernel from a few dozen rows. (The lean Functions of
+    ``eager.py`` write these formulas out for plain eager mode, and choose eq. (14)'s form per plan.)
     """
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
-    if need_W2 and transposed_W2_product:
+    if need_W2:
         grad_W2 = torch.mm(grad_z2.t(), a1).t()  # (H, C)  eq. (14), as (delta2^T a1)^T: a faster BLAS kernel
-    elif need_W2:
-        grad_W2 = torch.mm(a1.t(), grad_z2)  # (H, C)  eq. (14)
     if need_b2:
         grad_b2 = grad_z2.sum(0)  # (C,)  eq. (15)
     if need_x or need_W1 or need_b1:

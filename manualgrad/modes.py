@@ -106,8 +106,9 @@ def tracing(x: Tensor | None = None) -> bool:
 def plain_eager(x: object) -> bool:
     """True in plain eager mode for a plain CPU or CUDA tensor x: no compile, export, make_fx,
     ``torch.func`` transform, forward-mode AD level, dispatch mode (fake tensors, FlopCounterMode
-    and any other ``TorchDispatchMode``) or autocast (on any device). There the lean Functions of
-    ``eager.py`` may serve. One function, cheapest question first: it runs on every small call."""
+    and any other ``TorchDispatchMode``) or autocast (on CPU, CUDA and most devices: one query).
+    There the lean Functions of ``eager.py`` may serve. One function, cheapest question first: it
+    runs on every small call."""
     return (
         type(x) is Tensor
         and (x.is_cpu or x.is_cuda)
@@ -115,7 +116,7 @@ def plain_eager(x: object) -> bool:
         and not torch._C._are_functorch_transforms_active()
         and forward_ad._current_level < 0
         and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_any_autocast_enabled()  # any device: cheaper than naming x's
+        and not torch._C._is_any_autocast_enabled()  # not mps or maia: x is CPU or CUDA here
     )
 
 

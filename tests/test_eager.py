@@ -109,7 +109,7 @@ def test_every_other_mode_takes_the_general_functions(taken, case):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_autocast_for_xs_device_takes_the_general_functions(taken, device):
-    """Autocast is asked for x's own device (CPU or CUDA): inside it the general Functions serve."""
+    """Autocast on x's own device (CPU or CUDA): inside it the general Functions serve."""
     x, _, params = make_problem(5, dtype=torch.float32)
     x, params = x.to(device), [p.to(device) for p in params]
     with torch.autocast(device, dtype=torch.bfloat16):
@@ -117,6 +117,20 @@ def test_autocast_for_xs_device_takes_the_general_functions(taken, device):
     assert taken == [] and out.dtype == torch.float32
     functional.two_layer_net_logits(x, *params)
     assert taken == [eager.EagerLogitsFunction]
+
+
+def test_autocast_for_another_device_also_takes_the_general_functions(taken):
+    """Plain eager mode asks whether autocast is on for CPU, CUDA and most devices at once: a CPU call
+    inside a CUDA autocast region takes the general Functions, which compute as the lean ones do."""
+    x, _, params = make_problem(5, dtype=torch.float32)
+    previous = torch.is_autocast_enabled("cuda")
+    torch.set_autocast_enabled("cuda", True)
+    try:
+        out = functional.two_layer_net_logits(x, *params)
+    finally:
+        torch.set_autocast_enabled("cuda", previous)
+    assert taken == []
+    torch.testing.assert_close(out, reference.logits(x, *params))
 
 
 def test_compiled_code_takes_the_general_functions(taken):
@@ -466,22 +480,27 @@ def test_the_boundary_checks_run_once_per_metadata(monkeypatch, entry, rows):
 @pytest.mark.parametrize("entry", ["logits", "loss"])
 @pytest.mark.parametrize("above", [False, True], ids=["below-the-bound", "from-the-bound"])
 def test_one_metadata_lookup_per_call(monkeypatch, entry, above):
-    """Below their bound the lean paths look the metadata up once; from it they step aside before
-    their lookup, and the general path's own is the only one."""
+    """One key per call, also when two combinations of metadata alternate (the last key found then
+    differs, and the lookup goes to the dict, not to the checks): the network's entry points make
+    their one lookup at any N; the lean loss steps aside before its lookup from its bound, and the
+    general path's own is the only one."""
     from manualgrad import boundary, modes
 
     bound = modes.CHUNKED_NETWORK_MIN_ROWS if entry == "logits" else modes.PRECOMPUTE_MIN_ROWS
     x, target, params = make_problem(bound if above else bound - 1, H=8)
-    def call():
-        return functional.two_layer_net_logits(x, *params) if entry == "logits" else _loss(x, target, *params)
 
-    call()
+    def call(rows):
+        if entry == "logits":
+            return functional.two_layer_net_logits(x[:rows], *params)
+        return _loss(x[:rows], target[:rows], *params)
+
+    call(len(x)), call(len(x) - 1)  # both combinations seen
     keys = []
     name = "_network_key" if entry == "logits" else "_loss_key"
     original = getattr(boundary, name)
     monkeypatch.setattr(boundary, name, lambda *a: keys.append(1) or original(*a))
-    call()
-    assert keys == [1]
+    call(len(x)), call(len(x) - 1), call(len(x))
+    assert keys == [1, 1, 1]
 
 
 def test_a_tensor_left_over_from_a_finished_transform_is_unwrapped(taken):
@@ -568,6 +587,36 @@ def test_autograd_calls_the_lean_backwards_directly(name):
     by_apply = [g for g in out.grad_fn.apply(upstream) if g is not None]
     for got, expected in zip(by_apply, torch.autograd.grad(out, params, upstream)):
         torch.testing.assert_close(got, expected)
+
+
+def test_call_backward_directly_sets_apply_once():
+    """``_call_backward_directly`` (run at import for the lean Functions) makes ``backward`` the
+    context class's ``apply``, and leaves an ``apply`` the class already defines alone."""
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2
+
+    eager._call_backward_directly(Double)
+    assert vars(Double._backward_cls)["apply"] is Double.backward
+    x = torch.ones(3, requires_grad=True)
+    Double.apply(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((3,), 2.0))
+
+    class Own(Double):
+        pass
+
+    def own_apply(ctx, *grads):
+        return Own.backward(ctx, *grads)
+
+    Own._backward_cls.apply = own_apply
+    eager._call_backward_directly(Own)
+    assert vars(Own._backward_cls)["apply"] is own_apply
 
 
 @pytest.mark.parametrize("name", ENTRIES)
