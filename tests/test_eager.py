@@ -518,6 +518,27 @@ def test_a_tensor_left_over_from_a_finished_transform_is_unwrapped(taken):
     assert taken == [eager.EagerLogitsFunction]
 
 
+def test_x_and_parameters_all_left_over_from_a_finished_transform(taken):
+    """Every tensor a dead wrapper (x included): each is unwrapped, and the gradients reach the
+    tensors themselves."""
+    x, _, params = make_problem(4, H=8)
+    leaves = [t.requires_grad_() for t in (x.clone(), *params)]
+    escaped = []
+
+    def keep(*tensors):
+        escaped.extend(tensors)
+        return functional.two_layer_net_logits(*tensors).sum()
+
+    torch.func.grad(keep, argnums=(0, 1, 2, 3, 4))(*leaves)
+    assert all(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in escaped)
+    functional.two_layer_net_logits(*escaped).sum().backward()
+    assert taken[-1] is eager.EagerLogitsFunction
+    twin = [t.detach().requires_grad_() for t in leaves]
+    reference.logits(*twin).sum().backward()
+    for mine, theirs in zip(leaves, twin):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
+
 @pytest.mark.parametrize("N", [4, modes.CHUNKED_NETWORK_MIN_ROWS], ids=["lean", "general"])
 @pytest.mark.parametrize("name", ENTRIES)
 def test_parameters_left_over_from_a_finished_transform_get_their_gradients(name, N):
