@@ -460,6 +460,22 @@ def test_lean_network_forms_and_layouts(monkeypatch, path, N, sigmoid_form, colu
     assert products[-1] == ((1, 256) if column_major else (2, 1))
 
 
+def test_the_boundary_checks_run_once_per_metadata_outside_plain_eager_mode(monkeypatch):
+    """Inside autocast (not plain eager mode) the network's checks are those of
+    ``boundary.prepare_network``, also decided once per combination of metadata and autocast state."""
+    from manualgrad import boundary
+
+    monkeypatch.setattr(boundary, "_checked", boundary._Checked())
+    checks = []
+    original = boundary._check_network
+    monkeypatch.setattr(boundary, "_check_network", lambda *a: checks.append(1) or original(*a))
+    x, _, params = make_problem(5, H=8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(3):
+            functional.two_layer_net_logits(x, *params)
+    assert len(checks) == 1 and len(boundary._checked) == 1
+
+
 @pytest.mark.parametrize("rows", ["lean", "general"])
 @pytest.mark.parametrize("entry", ["logits", "loss"])
 def test_the_boundary_checks_run_once_per_metadata(monkeypatch, entry, rows):
