@@ -4,7 +4,8 @@ A step is the loss and the gradient of every parameter, float32, for x (N, D=2),
 H=500, C=2 classes, class-index targets. Four ways of computing it:
 
 * ``manualgrad``: ``TwoLayerNet.loss(x, target)`` and ``.backward()``;
-* ``autograd``: the same network in native autograd, ``manualgrad.reference.loss``;
+* ``autograd``: the same network in native autograd, ``manualgrad.reference.AutogradNet.loss``
+  (an ``nn.Module`` sharing the model's parameters, called as ``TwoLayerNet.loss`` is);
 * ``compile``: that network under ``torch.compile`` (one compilation per N, not timed);
 * ``numpy``: ``manualgrad.reference.numpy_loss_and_gradients`` (CPU only).
 
@@ -73,6 +74,7 @@ def torch_steps(
 ) -> dict[str, Step]:
     """The timed statements: set the gradients to None, compute the loss, backward."""
     params = (model.W1, model.b1, model.W2, model.b2)
+    twin = reference.AutogradNet(*params)  # the same parameters
 
     def manual() -> None:
         for p in params:
@@ -82,7 +84,7 @@ def torch_steps(
     def autograd() -> None:
         for p in params:
             p.grad = None
-        reference.loss(x, target, *params).backward()
+        twin.loss(x, target).backward()
 
     steps: dict[str, Step] = {"manualgrad": manual, "autograd": autograd}
     if compiled_loss is not None:

@@ -2,7 +2,8 @@
 
 A step is one forward, a loss on top, and every parameter gradient (``.backward()``), float32,
 D=2, H=500, C=2, class-index targets. Four paths, each written once with manualgrad's module
-and once with its native-autograd twin (``manualgrad.reference``):
+and once, the same code, with its native-autograd twin ``manualgrad.reference.AutogradNet`` (an
+``nn.Module`` called as ``TwoLayerNet`` is, so that both sides pay the same module call):
 
 * ``loss``: ``model.loss(x, t)`` (the fused loss);
 * ``cross_entropy``: ``F.cross_entropy(model.logits(x), t)``;
@@ -24,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,29 +72,25 @@ class PathResult:
         return not (high - low) <= NOISY * self.ratio
 
 
-def _losses(path: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
-    """(manualgrad loss of (model, x, t), autograd loss of (params, x, t)) for one path."""
+def _loss(path: str) -> Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of one path as a function of (model, x, t): the same code for manualgrad's
+    ``TwoLayerNet`` and for its twin ``reference.AutogradNet``."""
     if path == "loss":
-        return (lambda m, x, t: m.loss(x, t)), (lambda p, x, t: reference.loss(x, t, *p))
+        return lambda m, x, t: m.loss(x, t)
     if path == "cross_entropy":
-        return (lambda m, x, t: F.cross_entropy(m.logits(x), t)), (
-            lambda p, x, t: F.cross_entropy(reference.logits(x, *p), t)
-        )
+        return lambda m, x, t: F.cross_entropy(m.logits(x), t)
     if path == "nll_log_probs":
-        return (lambda m, x, t: F.nll_loss(m(x).log(), t)), (
-            lambda p, x, t: F.nll_loss(reference.probs(x, *p).log(), t)
-        )
+        return lambda m, x, t: F.nll_loss(m(x).log(), t)
     if path == "square_mean":
-        return (lambda m, x, t: m.logits(x).square().mean()), (lambda p, x, t: reference.logits(x, *p).square().mean())
+        return lambda m, x, t: m.logits(x).square().mean()
     raise ValueError(f"unknown path {path!r}")
 
 
 def make_steps(path: str, N: int, hidden: int, device: str, optimizer: str | None = None) -> tuple[Step, Step]:
     """(manualgrad step, autograd step) of one path, each on its own copy of the same model."""
     model, x, target = make_problem(N, hidden, device)
-    twin, _, _ = make_problem(N, hidden, device)
-    twin_params = list(twin.parameters())
-    mine, theirs = _losses("loss" if optimizer else path)
+    twin = reference.AutogradNet(*make_problem(N, hidden, device)[0].parameters())  # the same values, its own
+    path_loss = _loss("loss" if optimizer else path)
 
     def stepper(loss: Callable[[], torch.Tensor], params: Sequence[torch.Tensor]) -> Step:
         opt: torch.optim.Optimizer | None = None
@@ -111,8 +109,8 @@ def make_steps(path: str, N: int, hidden: int, device: str, optimizer: str | Non
         return step
 
     return (
-        stepper(lambda: mine(model, x, target), list(model.parameters())),
-        stepper(lambda: theirs(twin_params, x, target), twin_params),
+        stepper(lambda: path_loss(model, x, target), list(model.parameters())),
+        stepper(lambda: path_loss(twin, x, target), list(twin.parameters())),
     )
 
 

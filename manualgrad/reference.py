@@ -2,6 +2,8 @@
 
 * The ``torch`` twins use only native PyTorch ops and autograd (``torch.tanh``,
   ``torch.softmax``, ``F.cross_entropy``): no code shared with ``functional.py``.
+* :class:`AutogradNet` is those twins as an ``nn.Module``, called as ``TwoLayerNet`` is: the
+  benchmarks' autograd side.
 * The ``numpy`` twin writes the forward and the hand-derived backward in plain numpy
   (float64), a third witness that does not use torch at all.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def logits(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
@@ -46,6 +48,46 @@ def loss(
         reduction=reduction,
         label_smoothing=label_smoothing,
     )
+
+
+class AutogradNet(nn.Module):
+    """The network in native autograd as an ``nn.Module``, called as ``TwoLayerNet`` is: ``net(x)``
+    (probabilities), ``net.logits(x)``, ``net.loss(x, target)``. The benchmarks time it against
+    ``TwoLayerNet``, so that both sides pay the same module call and parameter reads (one dict read
+    each, as ``TwoLayerNet`` does) and a ratio measures the Functions and their checks against autograd.
+
+    Args:
+        W1, b1, W2, b2: the parameters, :math:`(D, H)`, :math:`(H,)`, :math:`(H, C)`, :math:`(C,)`;
+            held as they are (shared with their owner, not copied).
+
+    Example::
+
+        >>> from manualgrad import TwoLayerNet
+        >>> model = TwoLayerNet(2, 16, 3)
+        >>> twin = AutogradNet(model.W1, model.b1, model.W2, model.b2)
+        >>> x = torch.randn(4, 2)
+        >>> torch.testing.assert_close(twin.logits(x), model.logits(x))
+    """
+
+    def __init__(self, W1: nn.Parameter, b1: nn.Parameter, W2: nn.Parameter, b2: nn.Parameter) -> None:
+        super().__init__()
+        self.W1, self.b1, self.W2, self.b2 = W1, b1, W2, b2
+
+    def _parameters_tuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        params = self._parameters
+        return params["W1"], params["b1"], params["W2"], params["b2"]  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """y_hat, :func:`probs`."""
+        return probs(x, *self._parameters_tuple())
+
+    def logits(self, x: Tensor) -> Tensor:
+        """z2, :func:`logits`."""
+        return logits(x, *self._parameters_tuple())
+
+    def loss(self, x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """Cross-entropy, :func:`loss`."""
+        return loss(x, target, *self._parameters_tuple(), reduction)
 
 
 def numpy_loss_and_gradients(

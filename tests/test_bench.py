@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DEVICES, assert_matches_twin, loss_strategy, make_problem, value_and_grads
 
-from manualgrad import bench, bench_loss, bench_memory, bench_paths, bench_report, functional, reference
+from manualgrad import TwoLayerNet, bench, bench_loss, bench_memory, bench_paths, bench_report, functional, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,55 @@ def test_quick_benchmark_times_every_path_and_the_optimizer_steps(quick_run):
     assert measured == expected
     for p in paths:
         assert len(p["ratios"]) >= 3 and all(r > 0 for r in p["ratios"]) and p["manualgrad"] > 0
+
+
+def test_the_autograd_net_is_the_reference_twin_called_as_the_module_is():
+    """The benchmarks' autograd side: reference's native-autograd twins as an ``nn.Module`` that
+    holds the given parameters themselves (no copy), under TwoLayerNet's parameter names."""
+    model, x, target = bench_loss.make_problem(6, 16, "cpu")
+    params = list(model.parameters())
+    twin = reference.AutogradNet(*params)
+    assert all(mine is theirs for mine, theirs in zip(twin.parameters(), params))
+    assert list(twin.state_dict()) == list(model.state_dict())
+    torch.testing.assert_close(twin(x), reference.probs(x, *params), rtol=0, atol=0)
+    torch.testing.assert_close(twin.logits(x), reference.logits(x, *params), rtol=0, atol=0)
+    for reduction in ("mean", "sum", "none"):
+        expected = reference.loss(x, target, *params, reduction)
+        torch.testing.assert_close(twin.loss(x, target, reduction), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "path, method",
+    [("loss", "loss"), ("cross_entropy", "logits"), ("nll_log_probs", "forward"), ("square_mean", "logits")]
+    + [(f"loss+{opt}", "loss") for opt in bench_paths.OPTIMIZERS],
+)
+def test_each_path_times_the_same_code_on_both_sides(monkeypatch, path, method):
+    """The two steps of a path call the same method, of TwoLayerNet and of its twin AutogradNet."""
+    calls = []
+    for cls in (TwoLayerNet, reference.AutogradNet):
+        original = getattr(cls, method)
+
+        def spy(self, *args, original=original, name=cls.__name__, **kwargs):
+            calls.append(name)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, spy)
+    optimizer = path.partition("+")[2] or None
+    mine, theirs = bench_paths.make_steps(path, 4, 8, "cpu", optimizer)
+    mine()
+    theirs()
+    assert calls == ["TwoLayerNet", "AutogradNet"]
+
+
+def test_the_loss_benchmark_times_the_module_twin(monkeypatch):
+    """bench_loss's autograd step is ``AutogradNet.loss`` on the model's own parameters."""
+    seen = []
+    original = reference.AutogradNet.loss
+    monkeypatch.setattr(reference.AutogradNet, "loss", lambda self, *a: seen.append(self) or original(self, *a))
+    model, x, target = bench_loss.make_problem(5, 8, "cpu")
+    bench_loss.torch_steps(model, x, target)["autograd"]()
+    [twin] = seen
+    assert all(mine is theirs for mine, theirs in zip(twin.parameters(), model.parameters()))
 
 
 def test_spread_flags_noise_and_targets_say_so():
