@@ -14,8 +14,12 @@ in, with as few ops and lines as the formulas allow:
   plan multiplies a1 by a column-major copy of W2 (``modes.column_major_pays_eager``), eq. (14) is
   (delta2^T a1)^T, a faster BLAS kernel there, else a1^T delta2 in W2's own layout, which
   AccumulateGrad keeps without a copy; at one row the sums over rows of eq. (15), (17) are that
-  row, a view of a tensor the backward made (``modes.EagerPlan.one_row``); the formulas written
-  out in one function (:func:`_first_order`), with positional arguments;
+  row, a view of a tensor the backward made (``modes.EagerPlan.one_row``);
+* each Function's forward and backward written out in full, the plan's forms chosen in the line
+  itself, in PyTorch's skeleton (saved tensors, ``needs_input_grad`` guards, gradients in the
+  order of forward's arguments): the three backwards repeat eq. (10)-(18) rather than call one
+  helper, because at N=1 every Python call in a step shows (helpers for the forms, the
+  first-order formulas and the dead-wrapper test made a logits step 2-3% slower, side by side);
 * the loss's eq. (5) and (7) with PyTorch's nll_loss, its backward and the log-softmax backward
   (autograd's own formulas for ``F.cross_entropy``): one op for the loss, two for delta2; rows
   labelled -100 (F.cross_entropy's default ``ignore_index``) count for nothing, and nll_loss
@@ -83,40 +87,12 @@ def _fast_backward(grad: Tensor) -> bool:
     )
 
 
-def _W2_layout(W2: Tensor, plan: EagerPlan) -> Tensor:
-    return column_major(W2) if plan.column_major_W2 else W2  # (H, C)
+def _sigmoid_hidden(x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
+    return hidden_activation_fast(x, W1, b1, sigmoid_form=True, in_place=True)  # (N, H)  eq. (1)-(2)
 
 
-def _hidden(x: Tensor, W1: Tensor, b1: Tensor, plan: EagerPlan) -> Tensor:
-    if plan.sigmoid_form:
-        return hidden_activation_fast(x, W1, b1, sigmoid_form=True, in_place=True)  # (N, H)  eq. (1)-(2)
-    return torch.addmm(b1, x, W1).tanh_()  # (N, H)  eq. (1)-(2), in place on our own z1
-
-
-def _first_order(grad_z2, x, W1, W2, a1, needs, plan, own_grad_z2):
-    """eq. (10)-(18) from delta2 = grad_z2 (N, C), first order, in the plan's forms (``modes.EagerPlan``):
-    (dx, dW1, db1, dW2, db2) for those ``needs`` asks. Written out, positional, one ``F.linear`` for
-    each product with a transposed weight: at N=1 every call and view costs as much as an op.
-    ``.mT`` for a transpose: a getter, and one op (``transpose``) where ``.t()`` dispatches two.
-    ``own_grad_z2``: grad_z2 was made by this backward, so that at one row db2 may be a view of it
-    (never of the caller's upstream gradient, which the caller may still write to)."""
-    need_x, need_W1, need_b1, need_W2, need_b2 = needs
-    grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
-    if need_W2 and plan.column_major_W2:
-        grad_W2 = torch.mm(grad_z2.mT, a1).mT  # (H, C)  eq. (14), as (delta2^T a1)^T: W2's column-major copy
-    elif need_W2:
-        grad_W2 = torch.mm(a1.mT, grad_z2)  # (H, C)  eq. (14), in W2's own layout
-    if need_b2:
-        grad_b2 = grad_z2[0] if plan.one_row and own_grad_z2 else grad_z2.sum(0)  # (C,)  eq. (15)
-    if need_x or need_W1 or need_b1:
-        grad_z1 = tanh_backward(F.linear(grad_z2, W2), a1)  # (N, H)  eq. (10), (11): (delta2 W2^T) * (1 - a1^2)
-        if need_W1:
-            grad_W1 = torch.mm(x.mT, grad_z1)  # (D, H)  eq. (16)
-        if need_b1:
-            grad_b1 = grad_z1[0] if plan.one_row else grad_z1.sum(0)  # (H,)  eq. (17)
-        if need_x:
-            grad_x = F.linear(grad_z1, W1)  # (N, D)  eq. (18): delta1 W1^T
-    return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
+# The forwards below pick the plan's forms in the line itself: at N=1 a call costs as much as an op's
+# bookkeeping (the forms in a helper each, and the two helpers called: 0.5-1% slower at N=1).
 
 
 class EagerLogitsFunction(Function):
@@ -124,19 +100,35 @@ class EagerLogitsFunction(Function):
 
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
-        a1 = _hidden(x, W1, b1, plan)  # (N, H)  eq. (1)-(2)
+        a1 = _sigmoid_hidden(x, W1, b1) if plan.sigmoid_form else torch.addmm(b1, x, W1).tanh_()  # (N, H)  eq. (1)-(2)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, a1)
-        return torch.addmm(b2, a1, _W2_layout(W2, plan))  # (N, C)  eq. (3)
+        return torch.addmm(b2, a1, column_major(W2) if plan.column_major_W2 else W2)  # (N, C)  eq. (3)
 
     @staticmethod
     def backward(ctx, grad_z2):
         x, W1, b1, W2, a1 = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:5]
+        need_x, need_W1, need_b1, need_W2, need_b2, _ = ctx.needs_input_grad
         if not _fast_backward(grad_z2):
-            return *_general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, needs), None
-        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan, False)  # eq. (10)-(18)
-        return *grads, None
+            general = _general(partial(network_backward, grad_z2), x, W1, b1, W2, a1, ctx.needs_input_grad[:5])
+            return *general, None
+        plan = ctx.plan
+        grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
+        if need_W2 and plan.column_major_W2:
+            grad_W2 = torch.mm(grad_z2.mT, a1).mT  # (H, C)  eq. (14), as (delta2^T a1)^T: W2's column-major copy
+        elif need_W2:
+            grad_W2 = torch.mm(a1.mT, grad_z2)  # (H, C)  eq. (14), in W2's own layout
+        if need_b2:
+            grad_b2 = grad_z2.sum(0)  # (C,)  eq. (15); not a view of the caller's grad_z2: it may still write to it
+        if need_x or need_W1 or need_b1:
+            grad_z1 = tanh_backward(F.linear(grad_z2, W2), a1)  # (N, H)  eq. (10), (11): (delta2 W2^T) * (1 - a1^2)
+            if need_W1:
+                grad_W1 = torch.mm(x.mT, grad_z1)  # (D, H)  eq. (16)
+            if need_b1:
+                grad_b1 = grad_z1[0] if plan.one_row else grad_z1.sum(0)  # (H,)  eq. (17)
+            if need_x:
+                grad_x = F.linear(grad_z1, W1)  # (N, D)  eq. (18): delta1 W1^T
+        return grad_x, grad_W1, grad_b1, grad_W2, grad_b2, None
 
 
 class EagerProbsFunction(Function):
@@ -144,8 +136,9 @@ class EagerProbsFunction(Function):
 
     @staticmethod
     def forward(ctx, x, W1, b1, W2, b2, plan):
-        a1 = _hidden(x, W1, b1, plan)  # (N, H)  eq. (1)-(2)
-        y_hat = torch.softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
+        a1 = _sigmoid_hidden(x, W1, b1) if plan.sigmoid_form else torch.addmm(b1, x, W1).tanh_()  # (N, H)  eq. (1)-(2)
+        z2 = torch.addmm(b2, a1, column_major(W2) if plan.column_major_W2 else W2)  # (N, C)  eq. (3)
+        y_hat = torch.softmax(z2, 1)  # (N, C)  eq. (4)
         ctx.plan = plan
         ctx.save_for_backward(x, W1, b1, W2, b2, a1, y_hat)
         return y_hat
@@ -153,13 +146,28 @@ class EagerProbsFunction(Function):
     @staticmethod
     def backward(ctx, grad_y_hat):
         x, W1, b1, W2, b2, a1, y_hat = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:5]
+        need_x, need_W1, need_b1, need_W2, need_b2, _ = ctx.needs_input_grad
         if not _fast_backward(grad_y_hat):
             general = partial(network_backward, grad_y_hat, b2=b2, y_hat=y_hat)
-            return *_general(general, x, W1, b1, W2, a1, needs), None
+            return *_general(general, x, W1, b1, W2, a1, ctx.needs_input_grad[:5]), None
+        plan = ctx.plan
+        grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
         grad_z2 = softmax_vjp_fused(grad_y_hat, y_hat)  # (N, C)  eq. (6)
-        grads = _first_order(grad_z2, x, W1, W2, a1, needs, ctx.plan, True)  # eq. (10)-(18)
-        return *grads, None
+        if need_W2 and plan.column_major_W2:
+            grad_W2 = torch.mm(grad_z2.mT, a1).mT  # (H, C)  eq. (14), as (delta2^T a1)^T: W2's column-major copy
+        elif need_W2:
+            grad_W2 = torch.mm(a1.mT, grad_z2)  # (H, C)  eq. (14), in W2's own layout
+        if need_b2:
+            grad_b2 = grad_z2[0] if plan.one_row else grad_z2.sum(0)  # (C,)  eq. (15); grad_z2 is ours: a view may do
+        if need_x or need_W1 or need_b1:
+            grad_z1 = tanh_backward(F.linear(grad_z2, W2), a1)  # (N, H)  eq. (10), (11): (delta2 W2^T) * (1 - a1^2)
+            if need_W1:
+                grad_W1 = torch.mm(x.mT, grad_z1)  # (D, H)  eq. (16)
+            if need_b1:
+                grad_b1 = grad_z1[0] if plan.one_row else grad_z1.sum(0)  # (H,)  eq. (17)
+            if need_x:
+                grad_x = F.linear(grad_z1, W1)  # (N, D)  eq. (18): delta1 W1^T
+        return grad_x, grad_W1, grad_b1, grad_W2, grad_b2, None
 
 
 def _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, reduction, needs, residuals):
@@ -179,8 +187,9 @@ class EagerLossFunction(Function):
 
     @staticmethod
     def forward(ctx, x, target, W1, b1, W2, b2, reduction, plan):
-        a1 = _hidden(x, W1, b1, plan)  # (N, H)  eq. (1)-(2)
-        log_probs = torch.log_softmax(torch.addmm(b2, a1, _W2_layout(W2, plan)), 1)  # (N, C)  eq. (3), (4)
+        a1 = _sigmoid_hidden(x, W1, b1) if plan.sigmoid_form else torch.addmm(b1, x, W1).tanh_()  # (N, H)  eq. (1)-(2)
+        z2 = torch.addmm(b2, a1, column_major(W2) if plan.column_major_W2 else W2)  # (N, C)  eq. (3)
+        log_probs = torch.log_softmax(z2, 1)  # (N, C)  eq. (4), log y_hat
         loss, total_weight = nll_loss_and_total_weight(log_probs, target, reduction, IGNORE_INDEX)  # (), ()  eq. (5)
         ctx.reduction, ctx.plan = reduction, plan
         ctx.save_for_backward(x, target, W1, b1, W2, b2, a1, log_probs, total_weight)
@@ -189,17 +198,30 @@ class EagerLossFunction(Function):
     @staticmethod
     def backward(ctx, grad_loss):
         x, target, W1, b1, W2, b2, a1, log_probs, total_weight = ctx.saved_tensors
-        needs = ctx.needs_input_grad
+        need_x, _, need_W1, need_b1, need_W2, need_b2, _, _ = ctx.needs_input_grad
         if not _fast_backward(grad_loss):  # from a1 and log y_hat; recomputed and recorded if create_graph
-            residuals = (a1, log_probs)
+            needs, residuals = ctx.needs_input_grad, (a1, log_probs)
             grads = _general_loss_backward(grad_loss, x, target, W1, b1, W2, b2, ctx.reduction, needs, residuals)
             return *grads, None, None
+        plan = ctx.plan
+        grad_x = grad_W1 = grad_b1 = grad_W2 = grad_b2 = None
         delta2 = loss_grad_logits_fused(  # (N, C)  eq. (7)
             grad_loss, log_probs, target, ctx.reduction, IGNORE_INDEX, total_weight
         )
-        grad_x, grad_W1, grad_b1, grad_W2, grad_b2 = _first_order(  # eq. (10)-(18)
-            delta2, x, W1, W2, a1, (needs[0], *needs[2:6]), ctx.plan, True
-        )
+        if need_W2 and plan.column_major_W2:
+            grad_W2 = torch.mm(delta2.mT, a1).mT  # (H, C)  eq. (14), as (delta2^T a1)^T: W2's column-major copy
+        elif need_W2:
+            grad_W2 = torch.mm(a1.mT, delta2)  # (H, C)  eq. (14), in W2's own layout
+        if need_b2:
+            grad_b2 = delta2[0] if plan.one_row else delta2.sum(0)  # (C,)  eq. (15); delta2 is ours: a view may do
+        if need_x or need_W1 or need_b1:
+            grad_z1 = tanh_backward(F.linear(delta2, W2), a1)  # (N, H)  eq. (10), (11): (delta2 W2^T) * (1 - a1^2)
+            if need_W1:
+                grad_W1 = torch.mm(x.mT, grad_z1)  # (D, H)  eq. (16)
+            if need_b1:
+                grad_b1 = grad_z1[0] if plan.one_row else grad_z1.sum(0)  # (H,)  eq. (17)
+            if need_x:
+                grad_x = F.linear(grad_z1, W1)  # (N, D)  eq. (18): delta1 W1^T
         return grad_x, None, grad_W1, grad_b1, grad_W2, grad_b2, None, None
 
 
@@ -242,6 +264,9 @@ def apply_network(
     in plain eager mode: without ``Function.apply``'s Python preamble, which at a few rows costs as
     much as an op; a tensor left over from a finished ``torch.func`` transform is unwrapped, as it
     does. ``plan``: ``modes.eager_network_plan`` of these tensors."""
+    has_storage = torch._C._has_storage  # every tensor has storage: none is a dead wrapper (written out, a call less)
+    if has_storage(x) and has_storage(W1) and has_storage(b1) and has_storage(W2) and has_storage(b2):
+        return _RAW_APPLY[function](x, W1, b1, W2, b2, plan)
     return _RAW_APPLY[function](*_unwrap_the_dead(x, W1, b1, W2, b2), plan)
 
 
@@ -250,4 +275,14 @@ def apply_loss(
 ) -> Tensor:
     """``EagerLossFunction.apply(...)`` in plain eager mode, as :func:`apply_network`; ``plan``:
     ``modes.eager_loss_plan`` of these tensors."""
+    has_storage = torch._C._has_storage
+    if (
+        has_storage(x)
+        and has_storage(target)
+        and has_storage(W1)
+        and has_storage(b1)
+        and has_storage(W2)
+        and has_storage(b2)
+    ):
+        return _RAW_APPLY[EagerLossFunction](x, target, W1, b1, W2, b2, reduction, plan)
     return _RAW_APPLY[EagerLossFunction](*_unwrap_the_dead(x, target, W1, b1, W2, b2), reduction, plan)

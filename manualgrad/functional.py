@@ -76,7 +76,12 @@ def _pick(with_jvp: type[Function], without_jvp: type[Function]) -> type[Functio
 
 
 def _network(
-    lean: type[Function], general: tuple[type[Function], type[Function]], x: Any, W1: Tensor, b1: Tensor, W2: Tensor,
+    lean: type[Function],
+    general: tuple[type[Function], type[Function]],
+    x: Any,
+    W1: Tensor,
+    b1: Tensor,
+    W2: Tensor,
     b2: Tensor,
 ) -> Tensor:
     """The network's output through ``lean`` (a Function of ``eager.py``) where the plan says so

@@ -141,11 +141,13 @@ class TwoLayerNet(nn.Module):
             }
             names = ", ".join(name for name, is_given in given.items() if is_given)
             raise TypeError(f"{names} applies to the loss only: pass a target, model(x, target, ...), or leave it out")
-        return functional.two_layer_net(x, *self._parameters_tuple())
+        W1, b1, W2, b2 = self._parameters_tuple()  # positional below: a star-call costs more at N=1
+        return functional.two_layer_net(x, W1, b1, W2, b2)
 
     def logits(self, x: Tensor) -> Tensor:
         """z2 = tanh(x W1 + b1) W2 + b2: (N, out), or (out,) for unbatched x."""
-        return functional.two_layer_net_logits(x, *self._parameters_tuple())
+        W1, b1, W2, b2 = self._parameters_tuple()
+        return functional.two_layer_net_logits(x, W1, b1, W2, b2)
 
     def loss(
         self,
@@ -160,10 +162,14 @@ class TwoLayerNet(nn.Module):
         """Cross-entropy: ``F.cross_entropy(self.logits(x), target, weight=..., ignore_index=...,
         reduction=..., label_smoothing=...)``, its values and gradients, with the fused backward
         (see :func:`manualgrad.functional.two_layer_net_loss` for the arguments)."""
+        W1, b1, W2, b2 = self._parameters_tuple()
         return functional.two_layer_net_loss(
             x,
             target,
-            *self._parameters_tuple(),
+            W1,
+            b1,
+            W2,
+            b2,
             reduction=reduction,
             weight=weight,
             ignore_index=ignore_index,

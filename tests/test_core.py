@@ -103,12 +103,41 @@ def test_gradcheck_float64(device, case, soft):
 # ---------------------------------------------------------------------------------------
 
 
+# where each lean Function of eager.py returns (dx, dW1, db1, dW2, db2) among its gradients
+LEAN_GRADIENTS = {
+    eager.EagerLogitsFunction: (0, 1, 2, 3, 4),
+    eager.EagerProbsFunction: (0, 1, 2, 3, 4),
+    eager.EagerLossFunction: (0, 2, 3, 4, 5),  # (x, target, W1, b1, W2, b2, reduction, plan)
+}
+
+
+def _broken_lean_backward(backward, positions, change):
+    """The lean ``backward`` with its (dx, dW1, db1, dW2, db2) replaced by ``change``'s."""
+
+    def five(*args):
+        gradients = backward(*args)
+        return tuple(gradients[i] for i in positions)
+
+    broken = change(five)
+
+    def apply(ctx, *grads):
+        gradients = list(backward(ctx, *grads))
+        for i, gradient in zip(positions, broken(ctx, *grads)):
+            gradients[i] = gradient
+        return tuple(gradients)
+
+    return apply
+
+
 def _patch_everywhere(monkeypatch, change):
     """Break eq. (10)-(18) in both layers that write them: the kernel of the general Functions
-    (``autograd.backward_from_logits``) and the lean eager Functions' own (``eager._first_order``),
-    whose arguments start alike (grad_z2, x, W1, W2, a1, needs). ``change(original)`` gives the broken one."""
+    (``autograd.backward_from_logits``) and each lean eager Function's backward, which writes them
+    out (called by autograd's engine as ``_backward_cls.apply``). ``change(original)`` gives the broken
+    one of a function that returns (dx, dW1, db1, dW2, db2)."""
     monkeypatch.setattr(autograd, "backward_from_logits", change(autograd.backward_from_logits))
-    monkeypatch.setattr(eager, "_first_order", change(eager._first_order))
+    for function, positions in LEAN_GRADIENTS.items():
+        broken = _broken_lean_backward(function.backward, positions, change)
+        monkeypatch.setattr(function._backward_cls, "apply", broken)
 
 
 def _broken(fault):
@@ -153,7 +182,8 @@ def test_negative_control_dropped_tanh_derivative_is_caught(monkeypatch):
 
         return broken
 
-    _patch_everywhere(monkeypatch, without_tanh_derivative)
+    monkeypatch.setattr(autograd, "backward_from_logits", without_tanh_derivative(autograd.backward_from_logits))
+    monkeypatch.setattr(eager, "tanh_backward", lambda grad_a1, a1: grad_a1)  # the lean Functions' eq. (11)
     x, _, params = make_problem(6, 2, 8, 2)
     inputs = [t.detach().requires_grad_() for t in (x, *params)]
     assert not torch.autograd.gradcheck(functional.two_layer_net, inputs, raise_exception=False)

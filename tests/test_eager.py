@@ -276,17 +276,27 @@ def test_a_retained_graph_gives_new_gradient_tensors_each_time(taken):
     assert taken == [eager.EagerLossFunction]
 
 
-def test_the_loss_backward_computes_gradients_only_for_inputs_that_require_them(monkeypatch):
-    seen = []
-    original = eager._first_order
-    monkeypatch.setattr(eager, "_first_order", lambda *a: seen.append(a[5]) or original(*a))
+@pytest.mark.parametrize("which", ["loss", "logits", "probs"])
+def test_each_lean_backward_computes_gradients_only_for_inputs_that_require_them(monkeypatch, which):
+    """Only W1 and b2 require grad: the lean backward returns those two and None for the others."""
+    function = {"loss": eager.EagerLossFunction, "logits": eager.EagerLogitsFunction, "probs": eager.EagerProbsFunction}
+    backward_class = function[which]._backward_cls
+    returned = []
+    original = backward_class.apply
+    monkeypatch.setattr(backward_class, "apply", lambda ctx, *g: returned.append(original(ctx, *g)) or returned[-1])
     x, target, (W1, b1, W2, b2) = make_problem(4)
     W1.requires_grad_()
     b2.requires_grad_()
-    _loss(x, target, W1, b1, W2, b2).backward()
+    network = {"logits": functional.two_layer_net_logits, "probs": functional.two_layer_net}
+    (_loss(x, target, W1, b1, W2, b2) if which == "loss" else network[which](x, W1, b1, W2, b2).sum()).backward()
     with torch.no_grad():
         _loss(x, target, W1, b1, W2, b2)
-    assert seen == [(False, True, False, False, True)]
+    [gradients] = returned
+    given = [g is not None for g in gradients]
+    if which == "loss":  # (x, target, W1, b1, W2, b2, reduction, plan)
+        assert given == [False, False, True, False, False, True, False, False]
+    else:  # (x, W1, b1, W2, b2, plan)
+        assert given == [False, True, False, False, True, False]
 
 
 @pytest.mark.parametrize("N, transposed", [(1, False), (15, False), (16, True)])

@@ -69,6 +69,24 @@ EAGER_DOUBLE = E + "test_double_backward_of_the_lean_functions[{}]"
 EAGER_LAYOUT = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[1-False]"
 EAGER_LAYOUT_FROM_16 = E + "test_dW2_is_made_in_W2s_layout_below_16_rows[16-True]"
 EAGER, MODES = "manualgrad/eager.py", "manualgrad/modes.py"
+EAGER_LOGITS = E + "test_lean_network_matches_twin[logits-5-dtype0]"
+EAGER_FORMS = E + "test_lean_network_forms_and_layouts[{}-16-True-True]"
+EAGER_DEAD = E + "test_parameters_left_over_from_a_finished_transform_get_their_gradients[{}-lean]"
+# the lean backwards write eq. (10)-(18) out, each its own: the lines around a snippet tell them apart
+LOGITS_B2 = "it may still write to it\n        if need_x or need_W1 or need_b1:\n"
+PROBS_B2 = "grad_z2 is ours: a view may do\n        if need_x or need_W1 or need_b1:\n"
+Z1 = "            grad_z1 = tanh_backward(F.linear(grad_z2, W2), a1)"
+Z1_TO_B1 = (
+    "  # (N, H)  eq. (10), (11): (delta2 W2^T) * (1 - a1^2)\n            if need_W1:\n"
+    "                grad_W1 = torch.mm(x.mT, grad_z1)  # (D, H)  eq. (16)\n            if need_b1:\n"
+)
+DB1 = "                grad_b1 = grad_z1[0] if plan.one_row"
+DB1_BROKEN = "                grad_b1 = grad_z1[-1] * 1.0001 if plan.one_row"
+DX = "grad_x = F.linear(grad_z1, W1)  # (N, D)  eq. (18): delta1 W1^T\n        return grad_x, "
+DX_BROKEN = "grad_x = F.linear(grad_z1, W1 * 1.0001)  # (N, D)  eq. (18): delta1 W1^T\n        return grad_x, "
+NETWORK_RETURN = "grad_W1, grad_b1, grad_W2, grad_b2, None\n\n\n"
+FORWARD_A1 = "if plan.sigmoid_form else torch.addmm(b1, x, W1).tanh_()  # (N, H)  eq. (1)-(2)\n"
+FORWARD_Z2 = "z2 = torch.addmm(b2, a1, column_major(W2) if plan.column_major_W2 else W2)  # (N, C)  eq. (3)\n"
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
 TANGENTS, CHUNKED = "manualgrad/tangents.py", "manualgrad/chunked.py"
 FACTORED, BOUNDARY = "manualgrad/factored.py", "manualgrad/boundary.py"
@@ -85,12 +103,24 @@ CATALOGUE = [
     Bug("drop-tanh-slope/backward-in-place", KERNELS,
         "grad_z1 = tanh_backward(grad_a1, a1)", "grad_z1 = grad_a1",
         (PROBS, LOGITS, LOSS_BWD)),
-    Bug("drop-tanh-slope/eager", EAGER,
-        "grad_z1 = tanh_backward(F.linear(grad_z2, W2), a1)", "grad_z1 = F.linear(grad_z2, W2)",
-        (EAGER_PROBS, EAGER_LOSS_MEAN)),
-    Bug("dx-transposed-weight/eager", EAGER,
-        "grad_x = F.linear(grad_z1, W1)", "grad_x = F.linear(grad_z1, W1 * 1.0001)",
+    Bug("drop-tanh-slope/eager-logits", EAGER,
+        LOGITS_B2 + Z1, LOGITS_B2 + "            grad_z1 = F.linear(grad_z2, W2)",
+        (EAGER_LOGITS,)),
+    Bug("drop-tanh-slope/eager-probs", EAGER,
+        PROBS_B2 + Z1, PROBS_B2 + "            grad_z1 = F.linear(grad_z2, W2)",
         (EAGER_PROBS,)),
+    Bug("drop-tanh-slope/eager-loss", EAGER,
+        "grad_z1 = tanh_backward(F.linear(delta2, W2), a1)", "grad_z1 = F.linear(delta2, W2)",
+        (EAGER_LOSS_MEAN,)),
+    Bug("dx-transposed-weight/eager-logits", EAGER,
+        DX + NETWORK_RETURN + "class EagerProbsFunction", DX_BROKEN + NETWORK_RETURN + "class EagerProbsFunction",
+        (EAGER_LOGITS,)),
+    Bug("dx-transposed-weight/eager-probs", EAGER,
+        DX + NETWORK_RETURN + "def _general_loss_backward", DX_BROKEN + NETWORK_RETURN + "def _general_loss_backward",
+        (EAGER_PROBS,)),
+    Bug("dx-transposed-weight/eager-loss", EAGER,
+        DX + "None, grad_W1", DX_BROKEN + "None, grad_W1",
+        (EAGER_LOSS_MEAN,)),
     Bug("drop-tanh-slope/recorded-backward", KERNELS,
         "grad_z1 = grad_a1 - grad_a1 * (a1 * a1)", "grad_z1 = grad_a1",
         (HVP.format("logits"), HVP.format("loss-mean"))),
@@ -286,10 +316,40 @@ CATALOGUE = [
         "return _general(loss_backward, x, q, W1, b1, W2, b2, reduction_of_q,",
         "return _general(loss_backward, x, target, W1, b1, W2, b2, reduction,",
         (E + "test_lean_loss_recorded_backward_leaves_out_ignored_rows",), verify=False),
-    Bug("W2-layout/eager", EAGER,
-        "    if need_W2 and plan.column_major_W2:\n",
-        "    if need_W2 and not plan.column_major_W2:\n",
+    Bug("W2-layout/eager-logits", EAGER,
+        "grad_b2 = None\n        if need_W2 and plan.column_major_W2:\n",
+        "grad_b2 = None\n        if need_W2 and not plan.column_major_W2:\n",
         (EAGER_LAYOUT,), verify=False),
+    Bug("W2-layout/eager-probs", EAGER,
+        "eq. (6)\n        if need_W2 and plan.column_major_W2:\n",
+        "eq. (6)\n        if need_W2 and not plan.column_major_W2:\n",
+        (EAGER_LAYOUT,), verify=False),
+    Bug("W2-layout/eager-loss", EAGER,
+        "        )\n        if need_W2 and plan.column_major_W2:\n",
+        "        )\n        if need_W2 and not plan.column_major_W2:\n",
+        (EAGER_LAYOUT,), verify=False),
+    Bug("tanh-form/eager-logits-forward", EAGER,
+        FORWARD_A1 + "        ctx.plan = plan\n",
+        FORWARD_A1.replace("if plan", "if not plan") + "        ctx.plan = plan\n",
+        (EAGER_FORMS.format("logits"),), verify=False),
+    Bug("tanh-form/eager-probs-forward", EAGER,
+        FORWARD_A1 + "        " + FORWARD_Z2 + "        y_hat",
+        FORWARD_A1.replace("if plan", "if not plan") + "        " + FORWARD_Z2 + "        y_hat",
+        (EAGER_FORMS.format("probs"),), verify=False),
+    Bug("tanh-form/eager-loss-forward", EAGER,
+        "reduction, plan):\n        a1 = _sigmoid_hidden(x, W1, b1) if plan.sigmoid_form",
+        "reduction, plan):\n        a1 = _sigmoid_hidden(x, W1, b1) if not plan.sigmoid_form",
+        (EAGER_FORMS.format("loss"),), verify=False),
+    Bug("W2-layout/eager-logits-forward", EAGER,
+        "return torch.addmm(b2, a1, column_major(W2) if plan.column_major_W2 else W2)",
+        "return torch.addmm(b2, a1, W2 if plan.column_major_W2 else W2)",
+        (EAGER_FORMS.format("logits"),), verify=False),
+    Bug("W2-layout/eager-probs-forward", EAGER,
+        FORWARD_Z2 + "        y_hat", FORWARD_Z2.replace("column_major(W2) if", "W2 if") + "        y_hat",
+        (EAGER_FORMS.format("probs"),), verify=False),
+    Bug("W2-layout/eager-loss-forward", EAGER,
+        FORWARD_Z2 + "        log_probs", FORWARD_Z2.replace("column_major(W2) if", "W2 if") + "        log_probs",
+        (EAGER_FORMS.format("loss"),), verify=False),
     Bug("W2-layout/eager-plan", MODES,
         "column_major_pays_eager(W2, rows), rows == 1)", "column_major_pays_eager(W2, x.shape[1]), rows == 1)",
         (EAGER_LAYOUT_FROM_16, E + "test_lean_network_forms_and_layouts[logits-16-True-True]"), verify=False),
@@ -300,12 +360,25 @@ CATALOGUE = [
     Bug("one-row/eager-plan", MODES,
         "column_major_pays_eager(W2, rows), rows == 1)", "column_major_pays_eager(W2, rows), rows <= 2)",
         (E + "test_lean_network_matches_twin[probs-2-dtype0]",), verify=False),
-    Bug("one-row/db1", EAGER,
-        "grad_b1 = grad_z1[0] if plan.one_row else grad_z1.sum(0)",
-        "grad_b1 = grad_z1[-1] * 1.0001 if plan.one_row else grad_z1.sum(0)",
+    Bug("one-row/db1-logits", EAGER,
+        LOGITS_B2 + Z1 + Z1_TO_B1 + DB1, LOGITS_B2 + Z1 + Z1_TO_B1 + DB1_BROKEN,
+        (E + "test_lean_network_matches_twin[logits-1-dtype0]",), verify=False),
+    Bug("one-row/db1-probs", EAGER,
+        PROBS_B2 + Z1 + Z1_TO_B1 + DB1, PROBS_B2 + Z1 + Z1_TO_B1 + DB1_BROKEN,
         (E + "test_lean_network_matches_twin[probs-1-dtype0]",), verify=False),
+    Bug("one-row/db1-loss", EAGER,
+        "grad_z1 = tanh_backward(F.linear(delta2, W2), a1)" + Z1_TO_B1 + DB1,
+        "grad_z1 = tanh_backward(F.linear(delta2, W2), a1)" + Z1_TO_B1 + DB1_BROKEN,
+        (E + "test_lean_loss_matches_twin[1.0-mean-1-dtype0]",), verify=False),
+    Bug("one-row/db2-probs", EAGER,
+        "grad_b2 = grad_z2[0] if plan.one_row", "grad_b2 = grad_z2[-1] * 1.0001 if plan.one_row",
+        (E + "test_lean_network_matches_twin[probs-1-dtype0]",), verify=False),
+    Bug("one-row/db2-loss", EAGER,
+        "grad_b2 = delta2[0] if plan.one_row", "grad_b2 = delta2[-1] * 1.0001 if plan.one_row",
+        (E + "test_lean_loss_matches_twin[1.0-mean-1-dtype0]",), verify=False),
     Bug("one-row/db2-views-the-upstream", EAGER,
-        "ctx.plan, False)", "ctx.plan, True)",
+        "grad_b2 = grad_z2.sum(0)  # (C,)  eq. (15); not a view",
+        "grad_b2 = grad_z2[0] if plan.one_row else grad_z2.sum(0)  # (C,)  eq. (15); not a view",
         (E + "test_gradients_never_share_memory_with_the_upstream_gradient[1-logits]",), verify=False),
     Bug("backward-not-called-directly/eager", EAGER,
         'if backward_class is not None and "apply" not in vars(backward_class):',
@@ -315,6 +388,23 @@ CATALOGUE = [
         "            return tuple(unwrap_if_dead(t) for t in tensors)", "            return tensors",
         (E + "test_parameters_left_over_from_a_finished_transform_get_their_gradients[logits-lean]",
          E + "test_parameters_left_over_from_a_finished_transform_get_their_gradients[loss-lean]"), verify=False),
+    Bug("dead-wrapper-passed/eager-network", EAGER,
+        "    if has_storage(x) and has_storage(W1) and has_storage(b1) and has_storage(W2) and has_storage(b2):\n",
+        "    if True:\n",
+        (EAGER_DEAD.format("logits"),), verify=False),
+    Bug("dead-wrapper-passed/eager-loss", EAGER,
+        "        and has_storage(b2)\n    ):", "        or True\n    ):",
+        (EAGER_DEAD.format("loss"),), verify=False),
+    # --- the benchmarks' autograd side: the twin module, and the same code on both sides ---------
+    Bug("twin-forward-gives-logits/reference", "manualgrad/reference.py",
+        "return probs(x, *self._parameters_tuple())", "return logits(x, *self._parameters_tuple())",
+        ("tests/test_bench.py::test_the_autograd_net_is_the_reference_twin_called_as_the_module_is",), verify=False),
+    Bug("path-calls-another-method/bench", "manualgrad/bench_paths.py",
+        "return lambda m, x, t: F.cross_entropy(m.logits(x), t)", "return lambda m, x, t: F.cross_entropy(m(x), t)",
+        ("tests/test_bench.py::test_each_path_times_the_same_code_on_both_sides[cross_entropy-logits]",), verify=False),
+    Bug("loss-benchmark-skips-the-twin/bench", "manualgrad/bench_loss.py",
+        "twin.loss(x, target).backward()", "reference.loss(x, target, *params).backward()",
+        ("tests/test_bench.py::test_the_loss_benchmark_times_the_module_twin",), verify=False),
     Bug("lean-for-any-rows/functional", FUNCTIONAL,
         "        if plan.lean:\n            return eager.apply_network(",
         "        if True:\n            return eager.apply_network(",
