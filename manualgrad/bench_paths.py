@@ -12,8 +12,9 @@ and once, the same code, with its native-autograd twin ``manualgrad.reference.Au
 
 and a whole training step of the ``loss`` path with an optimizer (``sgd``, ``adam``: zero_grad,
 loss, backward, ``optimizer.step()``) beside the bare step. Timing is interleaved: in each
-round, manualgrad and autograd of one path run back to back in blocks of the same number of
-steps, and the round gives one ratio (autograd time / manualgrad time). The table shows the
+round, manualgrad and autograd of one path run back to back, ``SUBBLOCKS`` blocks each of the same
+number of steps in the order A B B A A B B A, and the round gives one ratio (autograd time /
+manualgrad time). The table shows the
 median ratio over rounds and its spread (min-max); a ratio whose spread exceeds ``NOISY``
 of its median is flagged ``?``: the machine was too noisy for that figure to be trusted.
 """
@@ -37,6 +38,7 @@ PATHS = ("loss", "cross_entropy", "nll_log_probs", "square_mean")
 OPTIMIZERS = ("sgd", "adam")
 OPTIMIZER_SIZES = (32, 4096)
 NOISY = 0.25  # spread (max - min) / median above which a ratio is flagged
+SUBBLOCKS = 4  # blocks of each side per round, in the order A B B A (:func:`_abba_round`)
 
 # the issue's targets (issue 13): path -> [(N, the ratio it must reach at that N)]
 TARGETS = {
@@ -123,17 +125,30 @@ def _block(step: Step, number: int, sync: Callable[[], None]) -> float:
     return (time.perf_counter() - start) / number
 
 
+def _abba_round(mine: Step, theirs: Step, number: int, sync: Callable[[], None]) -> tuple[float, float]:
+    """(mine, theirs) seconds per step over one round: ``SUBBLOCKS`` blocks of each, in the order
+    A B B A A B B A ..., so that a drift in the machine's speed during the round (another tenant, a
+    clock change) weighs on both alike instead of on whichever ran second."""
+    totals = [0.0, 0.0]  # mine, theirs
+    for i in range(SUBBLOCKS):
+        for side in (0, 1) if i % 2 == 0 else (1, 0):
+            totals[side] += _block((mine, theirs)[side], number, sync)
+    return totals[0] / SUBBLOCKS, totals[1] / SUBBLOCKS
+
+
 def time_pair(mine: Step, theirs: Step, device: str, rounds: int, min_block: float) -> tuple[list[float], list[float]]:
-    """Seconds per step of each, ``rounds`` interleaved blocks of equal size (at least min_block s)."""
+    """Seconds per step of each, ``rounds`` interleaved rounds, each side at least min_block s per
+    round, in ``SUBBLOCKS`` blocks of equal size (:func:`_abba_round`)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     mine(), theirs()  # warm-up
     number = 1
-    while _block(theirs, number, sync) * number < min_block and number < 1 << 20:
+    while _block(theirs, number, sync) * number * SUBBLOCKS < min_block and number < 1 << 20:
         number *= 2
     mine_times, their_times = [], []
     for _ in range(rounds):
-        mine_times.append(_block(mine, number, sync))
-        their_times.append(_block(theirs, number, sync))
+        mine_time, their_time = _abba_round(mine, theirs, number, sync)
+        mine_times.append(mine_time)
+        their_times.append(their_time)
     return mine_times, their_times
 
 

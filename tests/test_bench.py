@@ -106,6 +106,24 @@ def test_the_loss_benchmark_times_the_module_twin(monkeypatch):
     assert all(mine is theirs for mine, theirs in zip(twin.parameters(), model.parameters()))
 
 
+def test_a_round_runs_both_sides_abba_so_that_a_steady_drift_weighs_on_both_alike(monkeypatch):
+    """Two identical steps on a machine that slows down steadily (each step 0.1 s longer than the
+    last): in the order A B B A A B B A both sides take the same time, a ratio of exactly 1."""
+    clock, order = [0.0], []
+
+    def step(name):
+        def run():
+            order.append(name)
+            clock[0] += 1.0 + 0.1 * len(order)
+
+        return run
+
+    monkeypatch.setattr(bench_paths.time, "perf_counter", lambda: clock[0])
+    mine, theirs = bench_paths._abba_round(step("A"), step("B"), 1, lambda: None)
+    assert "".join(order) == "ABBAABBA"[: 2 * bench_paths.SUBBLOCKS] and bench_paths.SUBBLOCKS == 4
+    assert mine == theirs == pytest.approx((1.1 + 1.4 + 1.5 + 1.8) / 4)
+
+
 def test_spread_flags_noise_and_targets_say_so():
     steady = bench_paths.PathResult("cpu", "loss", 4096, 1e-3, 4e-3, [4.0, 4.1, 3.9])
     noisy = bench_paths.PathResult("cpu", "cross_entropy", 4096, 1e-3, 3e-3, [3.1, 1.0, 6.0])
