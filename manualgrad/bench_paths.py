@@ -141,7 +141,7 @@ def time_pair(mine: Step, theirs: Step, device: str, rounds: int, min_block: flo
     (:func:`_abba_round`), every block the same number of steps, at least min_block s of autograd's.
     Not shorter: the first steps after the other side ran pay for the caches and allocations it
     left, and in a short block that cost weighs most on the faster side (with four blocks of a
-    quarter of the time, the loss at N=4096 measured 3.5x-3.8x, against 4.0x in full blocks)."""
+    quarter of the time, the loss at N=4096 measured 3.5x-3.8x, against 3.87x-4.15x in full blocks)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     mine(), theirs()  # warm-up
     number = 1

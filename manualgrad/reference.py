@@ -71,6 +71,11 @@ class AutogradNet(nn.Module):
 
     def __init__(self, W1: nn.Parameter, b1: nn.Parameter, W2: nn.Parameter, b2: nn.Parameter) -> None:
         super().__init__()
+        for name, parameter in zip(("W1", "b1", "W2", "b2"), (W1, b1, W2, b2)):
+            if not isinstance(parameter, nn.Parameter):
+                raise TypeError(
+                    f"AutogradNet: {name} must be an nn.Parameter (held, not copied), got {type(parameter).__name__}"
+                )
         self.W1, self.b1, self.W2, self.b2 = W1, b1, W2, b2
 
     def _parameters_tuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -79,15 +84,18 @@ class AutogradNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """y_hat, :func:`probs`."""
-        return probs(x, *self._parameters_tuple())
+        W1, b1, W2, b2 = self._parameters_tuple()  # positional below, as TwoLayerNet calls
+        return probs(x, W1, b1, W2, b2)
 
     def logits(self, x: Tensor) -> Tensor:
         """z2, :func:`logits`."""
-        return logits(x, *self._parameters_tuple())
+        W1, b1, W2, b2 = self._parameters_tuple()
+        return logits(x, W1, b1, W2, b2)
 
     def loss(self, x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         """Cross-entropy, :func:`loss`."""
-        return loss(x, target, *self._parameters_tuple(), reduction)
+        W1, b1, W2, b2 = self._parameters_tuple()
+        return loss(x, target, W1, b1, W2, b2, reduction)
 
 
 def numpy_loss_and_gradients(

@@ -65,6 +65,8 @@ def test_the_autograd_net_is_the_reference_twin_called_as_the_module_is():
     twin = reference.AutogradNet(*params)
     assert all(mine is theirs for mine, theirs in zip(twin.parameters(), params))
     assert list(twin.state_dict()) == list(model.state_dict())
+    with pytest.raises(TypeError, match="b1 must be an nn.Parameter"):
+        reference.AutogradNet(params[0], params[1].detach(), params[2], params[3])
     torch.testing.assert_close(twin(x), reference.probs(x, *params), rtol=0, atol=0)
     torch.testing.assert_close(twin.logits(x), reference.logits(x, *params), rtol=0, atol=0)
     for reduction in ("mean", "sum", "none"):
@@ -119,10 +121,15 @@ def test_a_round_runs_both_sides_abba_so_that_a_steady_drift_weighs_on_both_alik
         return run
 
     monkeypatch.setattr(bench_paths.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(bench_paths, "SUBBLOCKS", 4)  # the benchmark's own is 2: A B B A
+    assert bench_paths.SUBBLOCKS == 2  # the benchmark's own: A B B A; four first, then two
+    monkeypatch.setattr(bench_paths, "SUBBLOCKS", 4)
     mine, theirs = bench_paths._abba_round(step("A"), step("B"), 1, lambda: None)
     assert "".join(order) == "ABBAABBA"
     assert mine == theirs == pytest.approx((1.1 + 1.4 + 1.5 + 1.8) / 4)
+    order.clear()
+    monkeypatch.setattr(bench_paths, "SUBBLOCKS", 2)
+    mine, theirs = bench_paths._abba_round(step("A"), step("B"), 1, lambda: None)
+    assert "".join(order) == "ABBA" and mine == theirs
 
 
 def test_spread_flags_noise_and_targets_say_so():

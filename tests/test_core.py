@@ -121,6 +121,8 @@ def _broken_lean_backward(backward, positions, change):
     broken = change(five)
 
     def apply(ctx, *grads):
+        if not eager._fast_backward(grads[0]):  # the general formulas: broken once, in the kernel
+            return backward(ctx, *grads)
         gradients = list(backward(ctx, *grads))
         for i, gradient in zip(positions, broken(ctx, *grads)):
             gradients[i] = gradient
