@@ -247,14 +247,10 @@ _RAW_APPLY: dict[type[Function], Callable[..., Tensor]] = {  # Function.apply wi
 
 def _unwrap_the_dead(*tensors: Tensor) -> tuple[Tensor, ...]:
     """The tensors, each left over from a finished ``torch.func`` transform (a dead wrapper) unwrapped,
-    as ``Function.apply`` does. A wrapper has no storage: asking that of five tensors costs less
-    than asking functorch of each (a step at N=1 is about 200 us). (Not ``data_ptr``, which would
-    copy a lazily cloned tensor.)"""
-    has_storage = torch._C._has_storage
-    for t in tensors:
-        if not has_storage(t):
-            return tuple(unwrap_if_dead(t) for t in tensors)
-    return tensors
+    as ``Function.apply`` does; called where one of them lacks storage, as a wrapper does. The callers
+    ask ``torch._C._has_storage`` of each first: cheaper than asking functorch of each (a step at N=1
+    is about 200 us). (Not ``data_ptr``, which would copy a lazily cloned tensor.)"""
+    return tuple(unwrap_if_dead(t) for t in tensors)
 
 
 def apply_network(

@@ -385,7 +385,7 @@ CATALOGUE = [
         'if backward_class is not None and "apply" in vars(backward_class):',
         (E + "test_autograd_calls_the_lean_backwards_directly[logits]",), verify=False),
     Bug("dead-wrapper-kept/eager", EAGER,
-        "            return tuple(unwrap_if_dead(t) for t in tensors)", "            return tensors",
+        "    return tuple(unwrap_if_dead(t) for t in tensors)", "    return tensors",
         (E + "test_parameters_left_over_from_a_finished_transform_get_their_gradients[logits-lean]",
          E + "test_parameters_left_over_from_a_finished_transform_get_their_gradients[loss-lean]"), verify=False),
     Bug("dead-wrapper-passed/eager-network", EAGER,
