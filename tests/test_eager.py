@@ -563,6 +563,37 @@ def test_x_and_parameters_all_left_over_from_a_finished_transform(taken):
         torch.testing.assert_close(mine.grad, theirs.grad)
 
 
+def test_a_target_left_over_from_a_finished_transform_is_unwrapped(monkeypatch, taken):
+    """Labels that escaped torch.func.grad (a dead wrapper, the only tensor without storage): the
+    lean loss Function receives them unwrapped, as Function.apply would hand them over, and the loss
+    and gradients are the twin's."""
+    x, target, params = make_problem(4, H=8)
+    escaped = []
+
+    def keep(x):
+        escaped.append(target.clone())
+        return x.sum()
+
+    torch.func.grad(keep)(x.clone())
+    assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])
+    received = []
+    raw_apply = eager._RAW_APPLY[eager.EagerLossFunction]
+
+    def spy(*args):
+        received.append(torch._C._functorch.is_functorch_wrapped_tensor(args[1]))
+        return raw_apply(*args)
+
+    monkeypatch.setitem(eager._RAW_APPLY, eager.EagerLossFunction, spy)
+    leaves = [p.requires_grad_() for p in params]
+    loss = _loss(x, escaped[0], *leaves)
+    assert taken == [eager.EagerLossFunction] and received == [False]
+    twin = [p.detach().requires_grad_() for p in params]
+    expected = reference.loss(x, target, *twin)
+    torch.testing.assert_close(loss, expected)
+    for mine, theirs in zip(torch.autograd.grad(loss, leaves), torch.autograd.grad(expected, twin)):
+        torch.testing.assert_close(mine, theirs)
+
+
 @pytest.mark.parametrize("N", [4, modes.CHUNKED_NETWORK_MIN_ROWS], ids=["lean", "general"])
 @pytest.mark.parametrize("name", ENTRIES)
 def test_parameters_left_over_from_a_finished_transform_get_their_gradients(name, N):
