@@ -178,6 +178,7 @@ def test_negative_control_broken_backward_is_caught(monkeypatch, fault):
 
 def test_negative_control_dropped_tanh_derivative_is_caught(monkeypatch):
     """The article's most common slip: forgetting (1 - a1^2) in eq. (11)."""
+
     def without_tanh_derivative(original):
         def broken(grad_z2, x, W1, W2, a1, *rest, **flags):
             return original(grad_z2, x, W1, W2, torch.zeros_like(a1), *rest, **flags)  # a1 := 0: 1 - a1^2 == 1

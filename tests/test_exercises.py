@@ -83,8 +83,13 @@ def test_solution_hessian_vector_product_equals_the_reference(name):
         return torch.autograd.grad(outputs, inputs, directions, allow_unused=True, materialize_grads=True)
 
     for index, (ours, expected) in enumerate(zip(hvp(module.function), hvp(module.reference))):
-        torch.testing.assert_close(ours, expected, rtol=RTOL, atol=RTOL * expected.abs().max().item(),
-                                   msg=lambda m, i=index: f"HVP input {i}: {m}")
+        torch.testing.assert_close(
+            ours,
+            expected,
+            rtol=RTOL,
+            atol=RTOL * expected.abs().max().item(),
+            msg=lambda m, i=index: f"HVP input {i}: {m}",
+        )
 
 
 def test_gelu_saves_its_input_not_its_output():
@@ -147,8 +152,9 @@ def test_python_exercise_file_fails_cleanly_for_the_stub(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_check_function_passes_on_each_solution(name):
     module = solution(name)
-    report = check_function(module.function, module.reference, *module.make_inputs(),
-                                    checks=getattr(module, "CHECKS", None))
+    report = check_function(
+        module.function, module.reference, *module.make_inputs(), checks=getattr(module, "CHECKS", None)
+    )
     assert report.passed, str(report)
 
 

@@ -288,7 +288,12 @@ def test_check_target_messages():
             ValueError,
             "target holds class index -1 at position 1; class indices must lie in [0, 3) or equal ignore_index (-100)",
         ),
-        (torch.tensor(3), x1, ValueError, "target holds class index 3 at position 0; class indices must lie in [0, 3) or equal ignore_index (-100)"),
+        (
+            torch.tensor(3),
+            x1,
+            ValueError,
+            "target holds class index 3 at position 0; class indices must lie in [0, 3) or equal ignore_index (-100)",
+        ),
     ]
     for target, inputs, kind, message in cases:
         with pytest.raises(kind) as info:
@@ -307,7 +312,10 @@ def test_class_range_is_checked_at_every_position_and_size(rows, position, value
     x = torch.zeros(rows, D, dtype=torch.float64)
     with pytest.raises(ValueError) as info:
         _check_target(target, x)
-    assert str(info.value) == f"target holds class index {value} at position {where}; class indices must lie in [0, 3) or equal ignore_index (-100)"
+    assert (
+        str(info.value)
+        == f"target holds class index {value} at position {where}; class indices must lie in [0, 3) or equal ignore_index (-100)"
+    )
     target[where] = C - 1
     assert _check_target(target, x) is target
     target[where] = 0
