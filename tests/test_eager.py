@@ -594,6 +594,31 @@ def test_a_target_left_over_from_a_finished_transform_is_unwrapped(monkeypatch, 
         torch.testing.assert_close(mine, theirs)
 
 
+@pytest.mark.parametrize("dead", range(5), ids=["x", "W1", "b1", "W2", "b2"])
+@pytest.mark.parametrize("name", ["logits", "loss"])
+def test_one_tensor_left_over_from_a_finished_transform_among_live_ones(taken, name, dead):
+    """One of x and the parameters a dead wrapper, the others live: it is unwrapped too (the
+    storage test asks every tensor), and every gradient reaches its leaf."""
+    x, target, params = make_problem(4, H=8)
+    leaves = [t.requires_grad_() for t in (x.clone(), *params)]
+    escaped = []
+
+    def keep(tensor):
+        escaped.append(tensor)
+        return tensor.sum()
+
+    torch.func.grad(keep)(leaves[dead])
+    assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])
+    inputs = [escaped[0] if i == dead else leaf for i, leaf in enumerate(leaves)]
+    _entry(name, target)(*inputs).sum().backward()
+    assert taken == [eager.EagerLossFunction if name == "loss" else eager.EagerLogitsFunction]
+    twin = [t.detach().requires_grad_() for t in leaves]
+    twin_entry = (lambda x, *p: reference.loss(x, target, *p)) if name == "loss" else TWINS[name]
+    twin_entry(*twin).sum().backward()
+    for mine, theirs in zip(leaves, twin):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
+
 @pytest.mark.parametrize("N", [4, modes.CHUNKED_NETWORK_MIN_ROWS], ids=["lean", "general"])
 @pytest.mark.parametrize("name", ENTRIES)
 def test_parameters_left_over_from_a_finished_transform_get_their_gradients(name, N):
