@@ -294,8 +294,10 @@ def two_layer_net_loss(
     if autocast:  # precision policy: manualgrad computes in the parameters' dtype
         x = x.to(W1.dtype)
         target = target.to(W1.dtype) if target.is_floating_point() else target
-    add_to_loss = None
+    add_to_loss = counted = None
     if not (every_row_counts and weight is None and label_smoothing == 0.0):  # else the labels as they are
+        if reduction == "none" and not target.is_floating_point():
+            counted = target != ignore_index  # (N,)  the rows whose loss the mask below keeps
         target, reduction_of_q, add_to_loss = kernels.effective_target(
             target, W2.shape[1], W1.dtype, reduction,
             weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
@@ -308,4 +310,7 @@ def two_layer_net_loss(
         loss = apply_function(function, x, target, W1, b1, W2, b2, reduction_of_q, precompute)[0]
     if add_to_loss is not None:
         loss = loss + add_to_loss  # ()  NaN when no row counts, as F.cross_entropy's 0/0
+    if counted is not None:  # an ignored row: its loss is 0 (q = 0 there), and its gradient exactly 0 whatever
+        # flows back to it (an inf from a count of 0 would make (y_hat sum q - q) g NaN): nll_loss never reads it
+        loss = torch.where(counted, loss, 0.0)  # (N,)
     return cast(Tensor, loss.squeeze(0) if unbatched and reduction == "none" else loss)

@@ -207,6 +207,27 @@ def test_one_compiled_graph_for_every_batch_size_with_ignored_rows():
     assert counter.frame_count == 1, f"{counter.frame_count} graphs for 5 batch sizes"
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("upstream", [float("inf"), float("nan")], ids=["inf", "nan"])
+@pytest.mark.parametrize("case", ["indices, two rows ignored", "indices, weight, ignored, smoothing"])
+def test_an_ignored_row_passes_on_nothing_of_what_flows_back_to_it(case, upstream, device):
+    """reduction="none": an ignored row's upstream gradient (an inf from dividing by a count of 0,
+    say) reaches no gradient, as with F.cross_entropy, whose nll_loss never reads it: every gradient
+    is the twin's, finite. (Multiplied by the row's zero q, it would make every parameter's NaN.)"""
+    case = CASES[case]
+    x, target, params, options = make_case(case, device=device)
+    leaves = [[t.detach().clone().requires_grad_() for t in (x, *params)] for _ in range(2)]
+    upstream_grad = torch.ones(len(x), dtype=x.dtype, device=device)
+    upstream_grad[list(case.ignored)] = upstream
+    grads = [
+        torch.autograd.grad(loss_fn(mine[0], target, *mine[1:], "none", **options), mine, upstream_grad)
+        for loss_fn, mine in zip((functional.two_layer_net_loss, reference.loss), leaves)
+    ]
+    for i, (g, r) in enumerate(zip(*grads)):
+        assert bool(torch.isfinite(r).all()), "the twin's gradients are finite"
+        torch.testing.assert_close(g, r, msg=lambda m, i=i: f"gradient {i} of (x, W1, b1, W2, b2): {m}")
+
+
 def test_out_of_range_label_other_than_ignore_index_raises_in_every_mode():
     x, target, params, options = make_case(CASES["indices, weight, ignored, smoothing"])
     bad = target.clone()

@@ -448,6 +448,11 @@ CATALOGUE = [
     Bug("detached-target/unbatched", FUNCTIONAL,
         "x, target = x.unsqueeze(0), target.unsqueeze(0)", "x, target = x.unsqueeze(0), target.detach().unsqueeze(0)",
         (UNBATCHED.format("loss-soft"),)),
+    # --- an ignored row's per-row loss unmasked: its upstream gradient times its zero q -------------
+    Bug("ignored-row-unmasked/functional", FUNCTIONAL,
+        "loss = torch.where(counted, loss, 0.0)  # (N,)", "loss = torch.where(counted, loss, loss)  # (N,)",
+        ("tests/test_cross_entropy.py::test_an_ignored_row_passes_on_nothing_of_what_flows_back_to_it"
+         "[indices, two rows ignored-inf-cpu]",), verify=False),
     # --- a dropped validation check -------------------------------------------------------------
     Bug("dropped-check/W2-rank", VALIDATION,
         "if W2.dim() != 2 or W2.shape[0] != H:", "if W2.shape[0] != H:",
