@@ -166,6 +166,18 @@ def factored_first_layer_pays(x: Tensor, W2: Tensor) -> bool:
     return x.is_cpu and 0 < (x.shape[1] + 1) * W2.shape[1] <= FACTORED_MAX_PRODUCTS
 
 
+def relative_classes_pay(x: Tensor, W2: Tensor) -> bool:
+    """Whether the chunked kernels behind a softmax (the loss; the probabilities' forward and
+    backward) take the classes relative to the last (``relative.py``, eq. (19)-(21)): x (N, D),
+    W2 (H, C); eager only. On the CPU, for C >= 2: every product with W2 or delta2 has C - 1
+    columns, for a few (H, C - 1) and (rows, C) ops more per call. H=500, C=2, 1 thread, the
+    training step side by side: the loss 0.83x the time at N=4096 and N=65536, 0.86x at 1024, the
+    same at 256 (its first chunked size); the probabilities 0.81x at 4096, 0.89x at 1024, 0.86x at
+    65536. The loss's kernel at N=4096, D=2: 0.97x-0.92x for C = 3 and 10. On accelerators, where
+    those ops are kernel launches and the products are not the cost: not measured, not taken."""
+    return x.is_cpu and W2.shape[1] >= 2
+
+
 class EagerPlan(NamedTuple):
     """What the lean Functions of ``eager.py`` do for one combination of metadata (kinds, dtypes,
     devices, layouts, shapes): decided with the boundary checks, once per combination

@@ -277,13 +277,13 @@ def test_verify_command_rejects_bad_options():
 
 
 def test_layers_depend_one_way_and_kernels_never_ask_the_mode():
-    """functional -> eager -> autograd -> chunked -> kernels (and tangents, factored); modes answers
+    """functional -> eager -> autograd -> chunked -> kernels (and tangents, factored, relative); modes answers
     mode questions. The kernels import none of the wiring and call none of PyTorch's mode queries:
     the wiring passes what they need."""
     import ast
     import inspect
 
-    from manualgrad import chunked, factored, kernels, modes, tangents
+    from manualgrad import chunked, factored, kernels, modes, relative, tangents
 
     def imported(module):
         names = set()
@@ -293,12 +293,12 @@ def test_layers_depend_one_way_and_kernels_never_ask_the_mode():
         return names
 
     assert imported(kernels) == {"tangents"}
-    assert imported(chunked) == {"factored", "kernels"}
-    assert imported(tangents) == imported(factored) == set()
+    assert imported(chunked) == {"factored", "kernels", "relative"}
+    assert imported(tangents) == imported(factored) == imported(relative) == set()
     assert imported(modes) == set()
     assert not imported(autograd) & {"functional", "module", "eager"}
     assert not imported(eager) & {"functional", "module"}
-    for module in (kernels, chunked, tangents, factored):
+    for module in (kernels, chunked, tangents, factored, relative):
         source = inspect.getsource(module)
         for query in ("is_grad_enabled", "is_compiling", "functorch", "forward_ad", "differentiated", "autocast"):
             assert query not in source, f"{module.__name__} asks {query}"

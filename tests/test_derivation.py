@@ -4,7 +4,8 @@ Every numbered quantity of the derivation is computed here explicitly from its f
 (``manual_quantities``) and compared with ``torch.autograd.grad`` on native ops
 (``autograd_quantities``): the loss (5), the softmax VJP (6), delta2 (7), dW2 (8)/(14),
 db2 (9)/(15), dL/da1 (10), delta1 (11), dW1 (12)/(16), db1 (13)/(17) and dx (18), plus the
-general delta2 for soft targets and the identity 2-class softmax = sigmoid.
+general delta2 for soft targets and the identity 2-class softmax = sigmoid; and the fast kernels'
+reorderings: (16')-(18') without delta1, and (19)-(21), the classes relative to the last.
 
 Then the article's wrong versions are each shown to *disagree* with autograd, and
 manualgrad's public API (functional and TwoLayerNet) is shown to agree with the formulas.
@@ -792,18 +793,20 @@ def test_public_loss_with_options_matches_the_derivation(size, case, soft, reduc
 # ----------------------------------------------------------------------------------------
 
 
-def without_delta1(p: Problem) -> dict[str, Tensor]:
-    """dW1, db1 and dx of the mean cross-entropy by eq. (16')-(18'): rows summed first, classes last."""
+def without_delta1(p: Problem, delta2: Tensor | None = None, W2: Tensor | None = None) -> dict[str, Tensor]:
+    """dW1, db1 and dx by eq. (16')-(18'): rows summed first, classes last; of the mean cross-entropy,
+    or from a given delta2 (N, K) and W2 (H, K) (K = C - 1 relative classes: eq. (21))."""
     N, D = p.x.shape
-    C = p.W2.shape[1]
     f = forward(p)
-    delta2 = (f["y_hat"] - p.y) / N  # (N, C)  eq. (7)
+    delta2 = (f["y_hat"] - p.y) / N if delta2 is None else delta2  # (N, K)  eq. (7)
+    W2 = p.W2 if W2 is None else W2  # (H, K)
+    C = W2.shape[1]
     P = 1 - f["a1"] ** 2  # (N, H)  eq. (11)'s factor
     x_1 = torch.cat([p.x, torch.ones(N, 1, dtype=DTYPE)], 1)  # (N, D + 1)  [x, 1]
     E = torch.stack([x_1[:, d] * delta2[:, c] for d in range(D + 1) for c in range(C)], 1)  # (N, (D + 1) C)
     products = (E.T @ P).reshape(D + 1, C, -1)  # (D + 1, C, H)  E^T P, row (d, c)
-    grad_W1_b1 = sum(p.W2[:, c] * products[:, c] for c in range(C))  # (D + 1, H)  eq. (16'), (17')
-    B = torch.stack([p.W1[d] * p.W2[:, c] for d in range(D) for c in range(C)], 1)  # (H, D C)
+    grad_W1_b1 = sum(W2[:, c] * products[:, c] for c in range(C))  # (D + 1, H)  eq. (16'), (17')
+    B = torch.stack([p.W1[d] * W2[:, c] for d in range(D) for c in range(C)], 1)  # (H, D C)
     PB = (P @ B).reshape(N, D, C)  # (N, D, C)
     grad_x = sum(delta2[:, c, None] * PB[:, :, c] for c in range(C))  # (N, D)  eq. (18')
     return {"W1": grad_W1_b1[:D], "b1": grad_W1_b1[D], "x": grad_x}
@@ -821,3 +824,84 @@ def test_first_layer_without_delta1_eq16_prime_eq17_prime(size):
 def test_dx_without_delta1_eq18_prime(size):
     p = make_problem(*size)
     torch.testing.assert_close(without_delta1(p)["x"], autograd_quantities(p)["x"])
+
+
+# ----------------------------------------------------------------------------------------
+# Classes relative to the last: (19)-(21)
+# ----------------------------------------------------------------------------------------
+
+
+def relative_output_layer_by_hand(p: Problem) -> tuple[Tensor, Tensor]:
+    """W2r (H, C - 1) and b2r (C - 1,): column c is class c's weights minus the last class's, eq. (20)."""
+    C = p.W2.shape[1]
+    W2r = torch.stack([p.W2[:, c] - p.W2[:, C - 1] for c in range(C - 1)], 1)  # (H, C - 1)
+    b2r = torch.stack([p.b2[c] - p.b2[C - 1] for c in range(C - 1)])  # (C - 1,)
+    return W2r, b2r
+
+
+def delta2_of_cross_entropy(p: Problem, target: Tensor, **options) -> Tensor:
+    """dL/dz2 (N, C) of F.cross_entropy with its options, by autograd."""
+    z2 = logits_of(p, requires_grad=True)
+    (delta2,) = torch.autograd.grad(F.cross_entropy(z2, target, **options), z2)
+    return delta2
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "unnormalised-targets"])
+@pytest.mark.parametrize("case", OPTION_CASES)
+@pytest.mark.parametrize("size", OPTION_SIZES, ids=size_id)
+def test_delta2_rows_sum_to_zero_eq19(size, case, soft):
+    """Every row of delta2 sums to 0: from (7') by hand, from autograd, and through the softmax (6)."""
+    p, target, options = options_problem(size, case, soft)
+    if soft:
+        target = soft_targets(size[0], size[3], normalized=False)  # rows that do not sum to 1
+    q, d = effective_target_by_hand(target, size[3], options["weight"], options["label_smoothing"])
+    by_hand = (forward(p)["y_hat"] * q.sum(1, keepdim=True) - q) / d  # (N, C)  eq. (7')
+    zeros = torch.zeros(size[0], dtype=DTYPE)
+    torch.testing.assert_close(by_hand, delta2_of_cross_entropy(p, target, **options))
+    torch.testing.assert_close(by_hand.sum(1), zeros)  # eq. (19)
+    torch.testing.assert_close(delta2_of_cross_entropy(p, target, **options).sum(1), zeros)
+    torch.testing.assert_close(autograd_quantities(p, probs_path=True)["delta2"].sum(1), zeros)  # through (6)
+    assert_disagrees(p.g.sum(1), zeros)  # an arbitrary upstream gradient of the logits: no such rule
+
+
+@pytest.mark.parametrize("size", SIZES, ids=size_id)
+def test_relative_logits_give_the_same_probabilities_eq20(size):
+    p = make_problem(*size)
+    W2r, b2r = relative_output_layer_by_hand(p)
+    f = forward(p)
+    z2r = f["a1"] @ W2r + b2r  # (N, C - 1)
+    torch.testing.assert_close(z2r, f["z2"][:, :-1] - f["z2"][:, -1:])  # z2 minus its last column
+    relative = torch.cat([z2r, torch.zeros(size[0], 1, dtype=DTYPE)], 1)  # (N, C)  [a1 W2r + b2r, 0]
+    torch.testing.assert_close(torch.softmax(relative, 1), f["y_hat"])  # eq. (20) = eq. (4)
+    torch.testing.assert_close(F.cross_entropy(relative, p.target), autograd_quantities(p)["loss"])  # eq. (5)
+
+
+def relative_gradients(p: Problem, delta2: Tensor) -> dict[str, Tensor]:
+    """dL/da1, dW2 and the first layer's (16')-(18') from delta2r = delta2[:, :C-1] and W2r, eq. (21)."""
+    C = p.W2.shape[1]
+    W2r, _ = relative_output_layer_by_hand(p)
+    delta2r = delta2[:, : C - 1]  # (N, C - 1)
+    a1 = forward(p)["a1"]
+    first = a1.T @ delta2r  # (H, C - 1)  dW2's first C - 1 columns
+    grad_W2 = torch.cat([first, -first.sum(1, keepdim=True)], 1)  # (H, C)  eq. (21): the last is minus their sum
+    return {"a1": delta2r @ W2r.T, "W2": grad_W2, **without_delta1(p, delta2r, W2r)}  # (16')-(18') with W2r
+
+
+@pytest.mark.parametrize("probs_path", [False, True], ids=["loss", "probs"])
+@pytest.mark.parametrize("size", SIZES, ids=size_id)
+def test_gradients_through_W2_with_relative_classes_eq21(size, probs_path):
+    p = make_problem(*size)
+    expected = autograd_quantities(p, probs_path=probs_path)
+    manual = relative_gradients(p, expected["delta2"])
+    for name in ("a1", "W2", "W1", "b1", "x"):
+        torch.testing.assert_close(manual[name], expected[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("size", SIZES, ids=size_id)
+def test_relative_classes_are_wrong_for_an_arbitrary_upstream_gradient_eq21(size):
+    """The logits' upstream gradient need not sum to 0 along a row: (21) does not apply to it."""
+    p = make_problem(*size)
+    a1 = forward(p)["a1"]
+    manual = relative_gradients(p, p.g)  # p.g: the upstream gradient dL/dz2 of <z2, g>
+    assert_disagrees(manual["a1"], p.g @ p.W2.T)  # eq. (10) with the full W2
+    assert_disagrees(manual["W2"], a1.T @ p.g)  # eq. (14)

@@ -97,9 +97,11 @@ def test_chunked_network_form_and_layout(entry, N, H, monkeypatch):
     sigmoid = N * H >= modes.SIGMOID_TANH_MIN_ELEMENTS
     kept = forwards[0].pop("a1_out")  # below KEEP_A1_BELOW_ROWS the forward keeps a1 (N, H) for backward
     assert kept.shape == (N, H) and backwards[0].pop("a1") is kept
+    relative = entry == "probs"  # C = 4 classes behind the softmax; the logits' upstream gradient is anything
     assert forwards == [dict(chunk_rows=20, sigmoid_form=sigmoid, column_major_W2=min(N, 20) >= 16,
-                             probabilities=entry == "probs")]  # fmt: skip
-    assert backwards == [dict(chunk_rows=20, sigmoid_form=sigmoid, factored=False)], "(D + 1) C = 16 columns: delta1"
+                             probabilities=entry == "probs", relative=relative)]  # fmt: skip
+    expected = dict(chunk_rows=20, sigmoid_form=sigmoid, factored=False, relative=relative)
+    assert backwards == [expected], "(D + 1) C = 16 columns: delta1"
 
 
 @pytest.mark.parametrize("entry", ["probs", "logits"])

@@ -58,10 +58,11 @@ def _assert_chunks(calls, N, rows):
 
 @pytest.mark.parametrize("form", FORMS, ids=FORM_IDS)
 @pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda c: "N{}-rows{}".format(*c))
-@pytest.mark.parametrize("probabilities", [False, True], ids=["logits", "probs"])
-def test_network_output_chunked_matches_twin(probabilities, chunking, form, monkeypatch):
+@pytest.mark.parametrize("output", ["logits", "probs", "probs-relative"])
+def test_network_output_chunked_matches_twin(output, chunking, form, monkeypatch):
     N, rows = chunking
     sigmoid_form, column_major_W2 = form
+    probabilities, relative = output != "logits", output == "probs-relative"
     x, _, _, params = problem(N=N, H=6)
     calls = _spy_chunks(monkeypatch)
     layouts = []
@@ -69,21 +70,23 @@ def test_network_output_chunked_matches_twin(probabilities, chunking, form, monk
     with Allocations() as allocations:
         out = chunked.network_output_chunked(
             x, *params, chunk_rows=rows, sigmoid_form=sigmoid_form, column_major_W2=column_major_W2,
-            probabilities=probabilities,
+            probabilities=probabilities, relative=relative,
         )  # fmt: skip
     twin = reference.probs if probabilities else reference.logits
     assert_close_relative(out, twin(x, *params), "output")
     _assert_chunks(calls, N, rows)
-    assert_buffers(allocations.ops, 6, min(N, rows), 1)
+    assert_buffers(allocations.ops, 6, min(N, rows), 1, allowed_rows=(4, 3) if relative else (4,))  # W2r^T (3, H)
     assert len(layouts) == column_major_W2, "W2 in column-major layout exactly when asked"
 
 
-@pytest.mark.parametrize("probabilities", [False, True], ids=["logits", "probs"])
-def test_network_output_chunked_float32_sigmoid_form(probabilities):
+@pytest.mark.parametrize("output", ["logits", "probs", "probs-relative"])
+def test_network_output_chunked_float32_sigmoid_form(output):
+    probabilities, relative = output != "logits", output == "probs-relative"
     x, _, _, params = problem(N=9, H=64, dtype=torch.float32, scale=3.0)
     out = chunked.network_output_chunked(
-        x, *params, chunk_rows=4, sigmoid_form=True, column_major_W2=True, probabilities=probabilities
-    )
+        x, *params, chunk_rows=4, sigmoid_form=True, column_major_W2=True, probabilities=probabilities,
+        relative=relative,
+    )  # fmt: skip
     twin = reference.probs if probabilities else reference.logits
     expected = twin(x.double(), *[p.double() for p in params])
     assert out.dtype == torch.float32
@@ -120,52 +123,78 @@ def _backward_twin(grad_z2, x, params, needs):
     return [next(grads) if n else None for n in needs]
 
 
-# factored (eq. (16')-(18')): B (D C, H) and E^T P ((D + 1) C, H) are made besides the buffers
+# factored (eq. (16')-(18')): B (D C, H) and E^T P ((D + 1) C, H) are made besides the buffers;
+# relative (eq. (21)): with K = C - 1 = 3 in place of C, and dW2's last column (1, H)
 FACTORED_ROWS = (4, 12, 16)
+RELATIVE_ROWS = (4, 3, 9, 12, 1)
+
+
+def _upstream(N, seed, relative, dtype=torch.float64):
+    """An upstream gradient of z2 (N, 4); ``relative``: rows that sum to 0, as through a softmax (eq. (19))."""
+    grad_z2 = torch.randn(N, 4, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return grad_z2 - grad_z2.mean(1, keepdim=True) if relative else grad_z2
 
 
 @pytest.mark.parametrize("needs", NEEDS, ids=NEED_IDS)
 @pytest.mark.parametrize("sigmoid_form", [False, True], ids=["tanh", "sigmoid"])
 @pytest.mark.parametrize("chunking", [(7, 3), (7, 100)], ids=["N7-rows3", "N7-rows100"])
+@pytest.mark.parametrize("relative", [False, True], ids=["classes", "relative"])
 @pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
-def test_backward_from_logits_chunked_matches_twin(factored, chunking, sigmoid_form, needs, monkeypatch):
+def test_backward_from_logits_chunked_matches_twin(factored, relative, chunking, sigmoid_form, needs, monkeypatch):
     N, rows = chunking
     x, _, _, params = problem(N=N, H=6)
-    grad_z2 = torch.randn(N, 4, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    grad_z2 = _upstream(N, 3, relative)
     calls = _spy_chunks(monkeypatch)
     W1, b1, W2, _ = params
     with Allocations() as allocations:
         grads = chunked.backward_from_logits_chunked(
-            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, factored=factored
-        )
+            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, factored=factored,
+            relative=relative,
+        )  # fmt: skip
     assert len(grads) == 5
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
         assert_close_relative(g, r, f"gradient of {name}")
     if any(needs[:4]):  # factored: P = 1 - a1^2 over the recomputed a1, no second buffer
         _assert_chunks(calls, N, rows)
-        assert_buffers(allocations.ops, 6, min(N, rows), 2 if any(needs[:3]) and not factored else 1, FACTORED_ROWS)
+        buffers = 2 if any(needs[:3]) and not factored else 1
+        assert_buffers(allocations.ops, 6, min(N, rows), buffers, RELATIVE_ROWS if relative else FACTORED_ROWS)
     else:
         assert calls == [], "only db2 asked: no chunk pass"
 
 
 @pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda c: "N{}-rows{}".format(*c))
 @pytest.mark.parametrize("sigmoid_form", [False, True], ids=["tanh", "sigmoid"])
+@pytest.mark.parametrize("relative", [False, True], ids=["classes", "relative"])
 @pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
-def test_backward_from_logits_chunked_every_gradient(factored, chunking, sigmoid_form, monkeypatch):
+def test_backward_from_logits_chunked_every_gradient(factored, relative, chunking, sigmoid_form, monkeypatch):
     N, rows = chunking
     x, _, _, params = problem(N=N, H=6, scale=2.0)
-    grad_z2 = torch.randn(N, 4, generator=torch.Generator().manual_seed(4), dtype=x.dtype)
+    grad_z2 = _upstream(N, 4, relative)
     calls = _spy_chunks(monkeypatch)
     W1, b1, W2, _ = params
     needs = (True,) * 5
     with Allocations() as allocations:
         grads = chunked.backward_from_logits_chunked(
-            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, factored=factored
-        )
+            grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, factored=factored,
+            relative=relative,
+        )  # fmt: skip
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
         assert_close_relative(g, r, f"gradient of {name}")
     _assert_chunks(calls, N, rows)
-    assert_buffers(allocations.ops, 6, min(N, rows), 1 if factored else 2, FACTORED_ROWS)
+    assert_buffers(allocations.ops, 6, min(N, rows), 1 if factored else 2, RELATIVE_ROWS if relative else FACTORED_ROWS)
+
+
+@pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
+def test_relative_backward_is_wrong_for_rows_that_do_not_sum_to_zero(factored):
+    """Negative control: the relative classes assume eq. (19); the logits' own upstream gradient breaks it."""
+    x, _, _, params = problem(N=7, H=6)
+    W1, b1, W2, _ = params
+    grad_z2 = _upstream(7, 3, relative=False)
+    kwargs = dict(chunk_rows=3, sigmoid_form=True, factored=factored)
+    grads = chunked.backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **kwargs, relative=True)
+    expected = _backward_twin(grad_z2, x, params, (True,) * 5)
+    for name, g, r in zip(["x", "W1", "W2"], [grads[0], grads[1], grads[3]], [expected[0], expected[1], expected[3]]):
+        assert not torch.allclose(g, r), f"gradient of {name} right from the wrong rows"
 
 
 @pytest.mark.parametrize("needs", [(True,) * 5, (False, False, False, False, True), (True, False, True, False, False)])
@@ -207,15 +236,17 @@ NEEDS_SOME = [(True,) * 5, (True, False, False, False, False), (False, True, Tru
 @pytest.mark.parametrize("form", [(False, False), (True, True)], ids=["tanh", "sigmoid-colmajor"])
 @pytest.mark.parametrize("rows", [7, 100, 5, 2, 1])
 @pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("relative", [False, True], ids=["classes", "relative"])
 @pytest.mark.parametrize("factored", [False, True], ids=["delta1", "factored"])
 @pytest.mark.filterwarnings("error")
-def test_loss_and_gradients_matches_twin_and_its_buffers(factored, soft, rows, form, needs, monkeypatch):
+def test_loss_and_gradients_matches_twin_and_its_buffers(factored, relative, soft, rows, form, needs, monkeypatch):
     """Values against the twin; the chunks through two (rows, H) buffers (one when factored: P is
-    written over a1), W1 and b1 doubled once, a1 in place."""
+    written over a1), W1 and b1 doubled once, a1 in place. Soft targets whose rows sum to 1.5:
+    delta2's rows still sum to 0, as the relative classes need (eq. (19))."""
     sigmoid_form, column_major_W2 = form
     N, D, H = 7, 3, 6
     x, indices, probabilities, params = problem(N=N, D=D, H=H)
-    target = probabilities if soft else indices
+    target = probabilities * 1.5 if soft else indices
     calls, layouts, deltas = [], [], []
     original, original_delta2 = chunked.hidden_activation_fast, chunked.loss_grad_logits
 
@@ -240,6 +271,7 @@ def test_loss_and_gradients_matches_twin_and_its_buffers(factored, soft, rows, f
             sigmoid_form=sigmoid_form,
             column_major_W2=column_major_W2,
             factored=factored,
+            relative=relative,
         )
     twin = [t.clone().requires_grad_(n) for t, n in zip([x, *params], needs)]
     ref_loss = reference.loss(twin[0], target, *twin[1:], reduction="sum")
@@ -256,18 +288,22 @@ def test_loss_and_gradients_matches_twin_and_its_buffers(factored, soft, rows, f
     grad_hidden = any(needs[:3]) and not factored
     expected = [(rows, H)] * (several + (several and grad_hidden)) + [(N, D)] * ((several or factored) and needs[0])
     assert made == expected, f"new_empty {made}, expected {expected}"
-    ops = [name for name, _ in allocations.ops]
-    assert ("cat.default" in ops) == (factored and (needs[1] or needs[2])), "[x, 1] only for factored dW1, db1"
-    if several:  # factored: also B (D C, H) and E^T P ((D + 1) C, H), C = 4
-        assert_buffers(allocations.ops, H, rows, 1 + grad_hidden, allowed_rows=(D, 4, D * 4, (D + 1) * 4))
+    with_ones = ("cat.default", (N, D + 1)) in allocations.ops
+    assert with_ones == (factored and (needs[1] or needs[2])), "[x, 1] only for factored dW1, db1"
+    if several:  # factored: also B (D K, H) and E^T P ((D + 1) K, H), K = C = 4, or C - 1 = 3 relative
+        K = 3 if relative else 4
+        allowed = (D, 4, K, D * K, (D + 1) * K, *((1,) if relative else ()))  # (1, H): dW2's last column
+        assert_buffers(allocations.ops, H, rows, 1 + grad_hidden, allowed_rows=allowed)
 
 
 @pytest.mark.parametrize("needs", NEEDS_SOME[:3], ids=lambda n: "".join("1" if b else "0" for b in n))
-def test_loss_and_gradients_empty_batch(needs):
+@pytest.mark.parametrize("relative", [False, True], ids=["classes", "relative"])
+def test_loss_and_gradients_empty_batch(relative, needs):
     x, indices, _, params = problem(N=0)
     loss, grads = chunked.loss_and_gradients(
-        x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True, factored=True
-    )
+        x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True, factored=True,
+        relative=relative,
+    )  # fmt: skip
     assert loss.shape == () and loss == 0
     for name, g, t, n in zip(["x", "W1", "b1", "W2", "b2"], grads, [x, *params], needs):
         assert (g is None) if not n else (g.shape == t.shape and (g == 0).all()), f"gradient of {name}"
@@ -286,10 +322,15 @@ def test_functional_chunked_path_matches_twin(entry, N, H, needs, keep_a1, facto
     monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS", 3)
     monkeypatch.setattr(modes, "KEEP_A1_BELOW_ROWS", N + 1 if keep_a1 else N)
     monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", 16 if factored else 15)  # (D + 1) C = 16
-    calls, kinds = _spy_chunks(monkeypatch), []
-    original = autograd.backward_from_logits_chunked
+    calls, kinds, outputs = _spy_chunks(monkeypatch), [], []
+    original, original_forward = autograd.backward_from_logits_chunked, autograd.network_output_chunked
     monkeypatch.setattr(
-        autograd, "backward_from_logits_chunked", lambda *a, **k: kinds.append(k["factored"]) or original(*a, **k)
+        autograd,
+        "backward_from_logits_chunked",
+        lambda *a, **k: kinds.append((k["factored"], k["relative"])) or original(*a, **k),
+    )
+    monkeypatch.setattr(
+        autograd, "network_output_chunked", lambda *a, **k: outputs.append(k["relative"]) or original_forward(*a, **k)
     )
     x, _, _, params = problem(N=N, H=H)
     manual = functional.two_layer_net if entry == "probs" else functional.two_layer_net_logits
@@ -297,7 +338,9 @@ def test_functional_chunked_path_matches_twin(entry, N, H, needs, keep_a1, facto
     assert_matches_twin(manual, twin, [x, *params], list(needs))
     chunks = math.ceil(N / 3)
     assert len(calls) == (1 if keep_a1 else 2) * chunks, "a1 by chunks of 3 rows in forward, in backward unless kept"
-    assert kinds and set(kinds) == {factored}, f"factored per modes.FACTORED_MAX_PRODUCTS: {kinds}"
+    relative = entry == "probs"  # through the softmax only: the logits' upstream gradient is anything
+    assert kinds and set(kinds) == {(factored, relative)}, f"factored per modes.FACTORED_MAX_PRODUCTS: {kinds}"
+    assert outputs and set(outputs) == {relative}, "the relative logits for the probabilities only"
 
 
 @pytest.mark.parametrize("entry", ["probs", "logits"])
@@ -361,16 +404,19 @@ def _loss_twin(x, indices, params, needs):
 
 
 @pytest.mark.parametrize("needs", FACTORED_NEEDS, ids=lambda n: "".join("1" if b else "0" for b in n))
-@pytest.mark.parametrize("kernel", ["loss", "recompute-a1", "kept-a1"])
+@pytest.mark.parametrize("kernel", ["loss", "loss-relative", "recompute-a1", "kept-a1"])
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda g: "D{}-H{}-C{}".format(*g))
 def test_factored_kernels_on_grids_that_are_not_square(grid, kernel, needs):
     D, H, C = grid
+    if kernel == "loss-relative" and C < 2:
+        pytest.skip("the classes relative to the last need two of them")
     x, indices, _, params = problem(N=8, D=D, H=H, C=C)
     W1, b1, W2, _ = params
-    if kernel == "loss":
+    if kernel.startswith("loss"):
         _, grads = chunked.loss_and_gradients(
-            x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True, factored=True
-        )
+            x, indices, *params, needs, chunk_rows=3, sigmoid_form=True, column_major_W2=True, factored=True,
+            relative=kernel == "loss-relative",
+        )  # fmt: skip
         expected = _loss_twin(x, indices, params, needs)
     else:
         grad_z2 = torch.randn(8, C, generator=torch.Generator().manual_seed(7), dtype=x.dtype)

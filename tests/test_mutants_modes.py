@@ -85,6 +85,14 @@ def test_factored_first_layer_pays_for_few_products_on_the_cpu(D, C, expected):
     assert modes.factored_first_layer_pays(x.to("meta"), W2.to("meta")) is False
 
 
+@pytest.mark.parametrize("C, expected", [(2, True), (3, True), (10, True), (1, False), (0, False)])
+def test_relative_classes_pay_from_two_classes_on_the_cpu(C, expected):
+    """C - 1 relative columns: none to gain below two classes (and C - 1 = 0 has no products)."""
+    x, W2 = torch.zeros(5, 2), torch.zeros(4, C)
+    assert modes.relative_classes_pay(x, W2) is expected
+    assert modes.relative_classes_pay(x.to("meta"), W2.to("meta")) is False
+
+
 def _plan_tensors(N, dtype=torch.float32, device="cpu", labels=torch.int64, rank=2, H=256):
     x = torch.zeros((N, 2) if rank == 2 else (2,), dtype=dtype, device=device)
     W1, W2 = torch.zeros(2, H, dtype=dtype, device=device), torch.zeros(H, 3, dtype=dtype, device=device)
@@ -168,12 +176,14 @@ def test_precomputed_loss_form_and_layout(monkeypatch):
     with functional.loss_gradients_in_forward(True, chunk_rows=30):
         loss = functional.two_layer_net_loss(x, indices, *leaves)
     assert_close_relative(loss.detach(), reference.loss(x, indices, *params), "loss")
-    assert calls == [dict(chunk_rows=30, sigmoid_form=True, column_major_W2=True, factored=False)], "(D + 1) C = 16"
+    expected = dict(chunk_rows=30, sigmoid_form=True, column_major_W2=True, factored=False, relative=True)
+    assert calls == [expected], "(D + 1) C = 16; C = 4 relative classes"
     calls.clear()
     monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", 16)
     with functional.loss_gradients_in_forward(True, chunk_rows=10):
         functional.two_layer_net_loss(x[:36], indices[:36], *leaves)
-    assert calls == [dict(chunk_rows=10, sigmoid_form=True, column_major_W2=False, factored=True)], "factored"
+    expected = dict(chunk_rows=10, sigmoid_form=True, column_major_W2=False, factored=True, relative=True)
+    assert calls == [expected], "factored"
     calls.clear()
     with functional.loss_gradients_in_forward(True):  # the chunk rows by device and by factored
         functional.two_layer_net_loss(x, indices, *leaves)

@@ -90,9 +90,18 @@ FORWARD_Z2 = "z2 = torch.addmm(b2, a1, column_major(W2) if plan.column_major_W2 
 KERNELS, AUTOGRAD, FUNCTIONAL = "manualgrad/kernels.py", "manualgrad/autograd.py", "manualgrad/functional.py"
 TANGENTS, CHUNKED = "manualgrad/tangents.py", "manualgrad/chunked.py"
 FACTORED, BOUNDARY = "manualgrad/factored.py", "manualgrad/boundary.py"
+RELATIVE = "manualgrad/relative.py"
 C = "tests/test_mutants_chunked.py::"
-FACTORED_LOSS = C + "test_loss_and_gradients_matches_twin_and_its_buffers[factored-indices-5-sigmoid-colmajor-11111]"
-FACTORED_BACKWARD = C + "test_backward_from_logits_chunked_every_gradient[factored-sigmoid-N7-rows3]"
+LOSS_KERNEL = C + "test_loss_and_gradients_matches_twin_and_its_buffers[{}-indices-5-sigmoid-colmajor-11111]"
+FACTORED_LOSS = LOSS_KERNEL.format("factored-relative")
+RELATIVE_LOSS = (FACTORED_LOSS, LOSS_KERNEL.format("delta1-relative"))
+CHUNKED_BACKWARD = C + "test_backward_from_logits_chunked_every_gradient[{}-sigmoid-N7-rows3]"
+FACTORED_BACKWARD = CHUNKED_BACKWARD.format("factored-classes")
+RELATIVE_PROBS = (
+    C + "test_network_output_chunked_matches_twin[probs-relative-N7-rows3-sigmoid-colmajor]",
+    CHUNKED_BACKWARD.format("factored-relative"),
+    CHUNKED_BACKWARD.format("delta1-relative"),
+)
 FACTORED_WIRED = C + "test_functional_chunked_path_matches_twin[factored-{}-needs0-sigmoid-form-logits]"
 FACTORED_GRID = C + "test_factored_kernels_on_grids_that_are_not_square[D2-H6-C4-loss-11111]"
 KEPT_A1 = "tests/test_chunked_network.py::test_a_kept_a1_gives_what_recomputing_gives[{}]"
@@ -204,8 +213,8 @@ CATALOGUE = [
         "grad_a1 = torch.mm(grad_z2, (a1 @ W2).t())  # (N, H)  eq. (10): z2 = a1 W2 where W2 belongs",
         (LOGITS, LOSS_BWD)),
     Bug("z2-for-W2/chunked-loop", CHUNKED,
-        "grad_a1 = torch.mm(delta2, W2.t(), out=grad_hidden[:n] if chunked else None)",
-        "grad_a1 = torch.mm(delta2, torch.addmm(b2, a1, W2).t(), out=grad_hidden[:n] if chunked else None)",
+        "grad_a1 = torch.mm(delta2_k, W2_k.t(), out=grad_hidden[:n] if chunked else None)",
+        "grad_a1 = torch.mm(delta2_k, torch.addmm(b2_k, a1, W2_k).t(), out=grad_hidden[:n] if chunked else None)",
         (LOSS_FWD_CHUNKED,)),
     Bug("W1-for-W1T/backward", KERNELS,
         "grad_x = torch.mm(grad_z1, W1.t())  # (N, D)  eq. (18)", "grad_x = torch.mm(grad_z1, W1)  # (N, D)  eq. (18)",
@@ -263,6 +272,35 @@ CATALOGUE = [
         "0 < (x.shape[1] + 1) * W2.shape[1] <= FACTORED_MAX_PRODUCTS",
         "0 < (x.shape[1] + 1) * W2.shape[1] < FACTORED_MAX_PRODUCTS",
         (FACTORED_WIRED.format("recompute-a1"),), verify=False),
+    # --- eq. (19)-(21) of relative.py: the classes relative to the last -----------------------
+    Bug("sign/relative-weights", RELATIVE,
+        "return W2[:, :-1] - W2[:, -1:]  # (H, C - 1)", "return W2[:, :-1] + W2[:, -1:]  # (H, C - 1)",
+        RELATIVE_LOSS + RELATIVE_PROBS),
+    Bug("sign/relative-bias", RELATIVE,
+        "return b2[:-1] - b2[-1:]  # (C - 1,)", "return b2[:-1] + b2[-1:]  # (C - 1,)",
+        RELATIVE_LOSS + RELATIVE_PROBS),
+    Bug("last-column-sign/relative-dW2", RELATIVE,
+        "last = grad_W2r_T.sum(0, keepdim=True).neg_()", "last = grad_W2r_T.sum(0, keepdim=True)",
+        RELATIVE_LOSS + RELATIVE_PROBS),
+    Bug("first-columns/relative-delta", RELATIVE,
+        "return delta2[:, :-1].contiguous()", "return delta2[:, 1:].contiguous()",
+        RELATIVE_LOSS + RELATIVE_PROBS),
+    Bug("column/relative-logits", RELATIVE,
+        "torch.addmm(b2r, a1, W2r, out=out[:, :-1])", "torch.addmm(b2r, a1, W2r, out=out[:, 1:])",
+        RELATIVE_LOSS + RELATIVE_PROBS),
+    Bug("relative-logits/wiring", AUTOGRAD,
+        "relative=probabilities and modes.relative_classes_pay(x, W2),", "relative=modes.relative_classes_pay(x, W2),",
+        (FACTORED_WIRED.format("recompute-a1"), FACTORED_WIRED.format("keep-a1")), verify=False),
+    Bug("relative-logits-backward/wiring", AUTOGRAD,
+        "softmax=y_hat is not None)", "softmax=True)",
+        (FACTORED_WIRED.format("recompute-a1"), FACTORED_WIRED.format("keep-a1")), verify=False),
+    Bug("logits-buffer-unset/relative-loss", CHUNKED,
+        "logits_buffer = x.new_zeros(rows, W2.shape[1]) if relative else None",
+        "logits_buffer = x.new_empty(rows, W2.shape[1]) if relative else None",
+        RELATIVE_LOSS, verify=False),
+    Bug("threshold/relative", MODES,
+        "return x.is_cpu and W2.shape[1] >= 2", "return x.is_cpu and W2.shape[1] >= 1",
+        ("tests/test_mutants_modes.py::test_relative_classes_pay_from_two_classes_on_the_cpu[1-False]",), verify=False),
     # --- forward mode: a wrong sign in a jvp term, the target's tangent ------------------------
     Bug("jvp-sign/W2-term", TANGENTS,
         "None if tW2 is None else a1 @ tW2,", "None if tW2 is None else -(a1 @ tW2),",

@@ -1,0 +1,52 @@
+"""Classes relative to the last, eq. (19)-(21): behind a softmax, the output layer needs C - 1 columns.
+
+A softmax does not change when the same number is added to every logit of a row, so the loss and
+the probabilities depend on z2 only through z2 - z2[:, C-1]; the other face of the same fact is
+that every row of delta2 = dL/dz2 sums to 0 (eq. (19), docs/derivation.md, "Classes relative to
+the last"). On the CPU a product with W2 or with delta2 costs about in proportion to its C
+columns, and for the default network (C = 2) these products shrink to one column:
+
+* (20): z2 - z2[:, C-1] = [a1 W2r + b2r, 0] with W2r = W2[:, :C-1] - W2[:, C-1] (H, C - 1) and
+  b2r = b2[:C-1] - b2[C-1] (C - 1,): the softmax of these is y_hat, eq. (4);
+* (21): delta2 W2^T = delta2r W2r^T with delta2r = delta2[:, :C-1] (n, C - 1), so eq. (10) and
+  (16')-(18') take W2r and delta2r in place of W2 and delta2; and the last column of
+  dW2 = a1^T delta2, eq. (14), is minus the sum of the others.
+
+Only where delta2 comes through a softmax (the loss, the probabilities), never for the logits,
+whose upstream gradient is anything. Used by the row-chunked kernels of ``chunked.py`` on the CPU
+(``modes.relative_classes_pay``). Pure tensor functions, like ``kernels.py``; eager mode only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def relative_weights(W2: Tensor) -> Tensor:
+    """W2r (H, C - 1): every class's weights minus the last class's, eq. (20)."""
+    return W2[:, :-1] - W2[:, -1:]  # (H, C - 1)
+
+
+def relative_bias(b2: Tensor) -> Tensor:
+    """b2r (C - 1,): every class's bias minus the last class's, eq. (20)."""
+    return b2[:-1] - b2[-1:]  # (C - 1,)
+
+
+def relative_logits(a1: Tensor, W2r: Tensor, b2r: Tensor, out: Tensor) -> Tensor:
+    """z2 - z2[:, C-1] (n, C), eq. (20), into ``out``, whose last column holds 0 and is not written."""
+    torch.addmm(b2r, a1, W2r, out=out[:, :-1])  # (n, C - 1)  a1 W2r + b2r
+    return out  # (n, C)
+
+
+def relative_delta(delta2: Tensor) -> Tensor:
+    """delta2r = delta2[:, :C-1] (n, C - 1), eq. (21), contiguous: a product with a strided column
+    takes BLAS's slow path (at 2048 rows, H = 500: 2x the time of the whole (n, 2) delta2)."""
+    return delta2[:, :-1].contiguous()  # (n, C - 1)
+
+
+def output_weight_gradient(grad_W2r_T: Tensor) -> Tensor:
+    """dW2 (H, C) from its first C - 1 columns, transposed, (C - 1, H) = delta2r^T a1: the last
+    column is minus the sum of the others, eq. (21)."""
+    last = grad_W2r_T.sum(0, keepdim=True).neg_()  # (1, H)  -sum_c<C-1 dW2[:, c]
+    return torch.cat((grad_W2r_T, last)).t()  # (H, C)  eq. (14), (21)
