@@ -101,9 +101,9 @@ def _network_chunked(x, W1, b1, W2, b2, *, probabilities: bool) -> tuple[Tensor,
     return out, a1
 
 
-def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated, softmax) -> tuple[Tensor | None, ...]:
+def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated, y_hat) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2, eq. (10)-(18), for probs and logits;
-    ``softmax``: grad_z2 came through the softmax, eq. (6), and its rows sum to 0, eq. (19).
+    ``y_hat`` given: grad_z2 came through that softmax, eq. (6), and its rows sum to 0, eq. (19).
 
     ``differentiated`` (double backward, torch.func): a1 was recomputed by the caller with
     differentiable ops, and the formulas are recorded. First order: from the saved a1; after the
@@ -126,7 +126,7 @@ def _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated, sof
             sigmoid_form=modes.sigmoid_tanh_pays(x, W1.shape[1]),
             a1=a1,
             factored=modes.factored_first_layer_pays(x, W2),
-            relative=softmax and modes.relative_classes_pay(x, W2),
+            y_hat=y_hat if modes.relative_classes_pay(x, W2) else None,
         )
     return backward_from_logits(grad_z2, x, W1, W2, a1, needs, in_place=True)
 
@@ -142,7 +142,7 @@ def network_backward(grad_out, x, W1, b1, W2, a1, needs, *, b2=None, y_hat=None)
         if y_hat is not None:
             y_hat = torch.softmax(output_logits(a1, _W2_for(W2, x.shape[0]), b2), 1)  # (N, C)  eq. (3), (4), recorded
     grad_z2 = grad_out if y_hat is None else softmax_vjp(grad_out, y_hat)  # (N, C)  eq. (6)
-    return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated, softmax=y_hat is not None)
+    return _backward_from_logits(grad_z2, x, W1, b1, W2, a1, needs, differentiated, y_hat)
 
 
 def loss_backward(x, target, W1, b1, W2, b2, reduction, grad_loss, needs, residuals=None) -> tuple[Tensor | None, ...]:

@@ -50,7 +50,14 @@ from torch import Tensor
 
 from .factored import accumulate_products, first_layer_gradients, input_gradient, input_weights, tanh_derivative
 from .kernels import column_major, hidden_activation_fast, loss_grad_logits, minus_one_for, per_sample_loss
-from .relative import output_weight_gradient, relative_bias, relative_delta, relative_logits, relative_weights
+from .relative import (
+    balanced_delta,
+    output_weight_gradient,
+    relative_backward,
+    relative_delta,
+    relative_logits,
+    relative_output_layer,
+)
 
 
 def _rows_of(N: int, chunk_rows: int) -> int:
@@ -87,26 +94,27 @@ def network_output_chunked(
     with W2 in column-major layout. ``a1_out``: an (N, H) tensor that keeps a1, each chunk in its
     rows, instead of the reused buffer (for a backward that does not recompute it). ``relative``
     (probabilities only, C >= 2): the softmax of z2 - z2[:, C-1], eq. (20) of ``relative.py``, a
-    product with C - 1 columns. Never call where autograd records.
+    product with C - 1 columns, where W2r and b2r are finite. Never call where autograd records.
     """
     N, H, C = x.shape[0], W1.shape[1], W2.shape[1]
-    z2 = x.new_zeros(N, C) if relative else x.new_empty(N, C)  # (N, C); relative: the last column stays 0
+    layer = relative_output_layer(W2, b2) if relative else None  # (W2r, b2r), eq. (20); None: the C classes
+    z2 = x.new_empty(N, C) if layer is None else x.new_zeros(N, C)  # (N, C); relative: the last column stays 0
     if N == 0:
         return z2
     rows = _rows_of(N, chunk_rows)
     hidden = x.new_empty(rows, H) if a1_out is None else a1_out  # (rows, H)  z1, then a1; or (N, H), kept
     x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
-    W2_k, b2_k = (relative_weights(W2), relative_bias(b2)) if relative else (W2, b2)  # (H, K), (K,)
+    W2_k, b2_k = (W2, b2) if layer is None else layer  # (H, K), (K,): K = C, or C - 1 relative columns
     W2_cols = column_major(W2_k) if column_major_W2 else W2_k  # (H, K)
     for start in range(0, N, rows):
         xs_1 = x_1[start : start + rows]  # (n, D + 1)
         n = xs_1.shape[0]
         out = hidden[:n] if a1_out is None else a1_out[start : start + n]  # (n, H)
         a1 = _activation(xs_1, W1_b1, out, sigmoid_form)  # (n, H)  eq. (1), (2)
-        if relative:  # (n, C)  eq. (3), (20): z2 - z2[:, C-1]
-            relative_logits(a1, W2_cols, b2_k, out=z2[start : start + n])
-        else:
+        if layer is None:
             torch.addmm(b2, a1, W2_cols, out=z2[start : start + n])  # (n, C)  eq. (3)
+        else:  # (n, C)  eq. (3), (20): z2 - z2[:, C-1]
+            relative_logits(a1, W2_cols, b2_k, out=z2[start : start + n])
     return torch.softmax(z2, 1) if probabilities else z2  # (N, C)  eq. (4)
 
 
@@ -122,21 +130,23 @@ def backward_from_logits_chunked(
     sigmoid_form: bool,
     factored: bool,
     a1: Tensor | None = None,
-    relative: bool = False,
+    y_hat: Tensor | None = None,
 ) -> tuple[Tensor | None, ...]:
     """Gradients (dx, dW1, db1, dW2, db2) from delta2 = grad_z2 (N, C), recomputing a1 by row chunks.
 
     The same results as ``kernels.backward_from_logits`` given a1, eq. (10)-(18), without a1:
     each chunk's z1 is recomputed into a (chunk_rows, H) buffer; or, given the (N, H) a1 that
     :func:`network_output_chunked` kept, its rows are read instead. ``factored``: eq. (16)-(18) as
-    ``factored.py``'s (16')-(18'), without forming delta1. ``relative`` (only for a grad_z2 that
-    came through the softmax, whose rows sum to 0, C >= 2): the classes relative to the last,
-    eq. (21) of ``relative.py``, every product with W2 or delta2 of C - 1 columns. Works in place on
-    its own buffers: never call it where autograd records.
+    ``factored.py``'s (16')-(18'), without forming delta1. ``y_hat`` (N, C), given only for a grad_z2
+    that came through that softmax (whose rows sum to 0), C >= 2: the classes relative to the last,
+    eq. (21) of ``relative.py``, every product with W2 or delta2 of C - 1 columns, where grad_z2 and
+    W2r are finite. Works in place on its own buffers: never call it where autograd records.
     """
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     need_delta1 = need_x or need_W1 or need_b1
     N, D, H = x.shape[0], x.shape[1], W1.shape[1]
+    relative = None if y_hat is None else relative_backward(grad_z2, W2, y_hat)  # (delta2 rebalanced, W2r)
+    grad_z2, W2_k = (grad_z2, W2) if relative is None else relative  # (N, C), (H, K): K = C, or C - 1
     grad_b2 = grad_z2.sum(0) if need_b2 else None  # (C,)  eq. (15)
     if N == 0 or not (need_delta1 or need_W2):
         zeros = [torch.zeros_like(t) if n else None for t, n in zip((x, W1, b1, W2), needs)]
@@ -147,8 +157,7 @@ def backward_from_logits_chunked(
     grad_hidden = x.new_empty(rows, H) if need_delta1 and not in_a1 else None  # (rows, H)  dL/da1, then delta1; or P
     grad_x = x.new_empty(x.shape) if need_x else None  # (N, D)
     x_1, W1_b1 = _with_ones(x), _stacked_first_layer(W1, b1, sigmoid_form)  # (N, D + 1), (D + 1, H)
-    # (N, K), (H, K): K = C - 1 columns relative to the last class, eq. (21), or the C classes
-    grad_z2_k, W2_k = (relative_delta(grad_z2), relative_weights(W2)) if relative else (grad_z2, W2)
+    grad_z2_k = grad_z2 if relative is None else relative_delta(grad_z2)  # (N, K)  eq. (21)
     W2_T = W2_k.t()  # (K, H)
     grad_W1_b1 = grad_W2_T = products = None  # (D + 1, H): [dW1; db1]; (K, H): dW2^T; ((D + 1) K, H): E^T P
     B = input_weights(W1, W2_k) if factored and need_x else None  # (H, D K)  eq. (18')
@@ -178,8 +187,8 @@ def backward_from_logits_chunked(
         if need_x:
             torch.mm(delta1, W1.t(), out=grad_x[start : start + n])  # (n, D)  eq. (18)
     if products is not None:
-        grad_W1_b1 = first_layer_gradients(products, W2_k)  # (D + 1, H)  eq. (16'), (17')
-    grad_W2 = _output_weight_gradient(grad_W2_T, relative) if grad_W2_T is not None else None  # (H, C)  eq. (14)
+        grad_W1_b1 = first_layer_gradients(products, W2_k, D + 1)  # (D + 1, H)  eq. (16'), (17')
+    grad_W2 = None if grad_W2_T is None else _output_weight_gradient(grad_W2_T, relative is not None)  # (H, C)  (14)
     grad_W1 = grad_W1_b1[:D] if need_W1 else None  # (D, H)  eq. (16)
     grad_b1 = grad_W1_b1[D] if need_b1 else None  # (H,)  eq. (17)
     return grad_x, grad_W1, grad_b1, grad_W2, grad_b2
@@ -211,7 +220,7 @@ def loss_and_gradients(
     b1 doubled once); ``column_major_W2``: multiply by W2 in column-major layout; ``factored``:
     eq. (16)-(18) as ``factored.py``'s (16')-(18'), without forming delta1; ``relative``: the
     classes relative to the last, ``relative.py``'s eq. (20), (21), so that every product with W2
-    or delta2 has C - 1 columns (C >= 2).
+    or delta2 has C - 1 columns (C >= 2), where W2r and b2r are finite.
     """
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     need_delta1 = need_x or need_W1 or need_b1
@@ -224,9 +233,9 @@ def loss_and_gradients(
     hidden = x.new_empty(rows, H) if chunked else None  # (rows, H)  z1, then a1
     grad_hidden = x.new_empty(rows, H) if chunked and need_delta1 and not factored else None  # (rows, H)  delta1
     grad_x = x.new_empty(x.shape) if need_x and (chunked or factored) else None  # (N, D)
-    # (H, K), (K,): K = C - 1 columns relative to the last class, eq. (20), or the C classes
-    W2_k, b2_k = (relative_weights(W2), relative_bias(b2)) if relative else (W2, b2)
-    logits_buffer = x.new_zeros(rows, W2.shape[1]) if relative else None  # (rows, C)  last column 0
+    layer = relative_output_layer(W2, b2) if relative else None  # (W2r, b2r), eq. (20); None: the C classes
+    W2_k, b2_k = (W2, b2) if layer is None else layer  # (H, K), (K,): K = C, or C - 1 relative columns
+    logits_buffer = None if layer is None else x.new_zeros(rows, W2.shape[1])  # (rows, C)  last column 0
     W2_cols = column_major(W2_k) if column_major_W2 else W2_k  # (H, K)
     doubled = chunked and sigmoid_form  # tanh z1 = 2 sigmoid(2 z1) - 1: double W1, b1 once
     W1_a, b1_a = (W1 * 2, b1 * 2) if doubled else (W1, b1)  # (D, H), (H,)
@@ -248,7 +257,9 @@ def loss_and_gradients(
         log_probs = torch.log_softmax(z2, 1)  # (n, C)  eq. (4)
         loss = _accumulate(loss, per_sample_loss(log_probs, ts).sum())  # ()  eq. (5), summed over rows
         delta2 = loss_grad_logits(log_probs, ts, "sum", None, in_place=True)  # (n, C)  eq. (7), summed loss
-        delta2_k = relative_delta(delta2) if relative else delta2  # (n, K)  eq. (21)
+        if layer is not None:  # (n, C)  the entry formed with cancellation rebalanced, eq. (19)
+            delta2 = balanced_delta(delta2, log_probs)
+        delta2_k = delta2 if layer is None else relative_delta(delta2)  # (n, K)  eq. (21)
         if need_W2:
             grad_W2_T = _accumulate_mm(grad_W2_T, delta2_k.t(), a1)  # (K, H)  eq. (14), transposed
         if need_b2:
@@ -272,9 +283,9 @@ def loss_and_gradients(
             elif need_x:
                 grad_x = torch.mm(delta1, W1.t())  # (N, D)  eq. (18)
     if products is not None:  # (D + 1, H)  [dW1; db1], eq. (16'), (17')
-        grad_W1_b1 = first_layer_gradients(products, W2_k)
+        grad_W1_b1 = first_layer_gradients(products, W2_k, x.shape[1] + 1)
         grad_W1, grad_b1 = (grad_W1_b1[:-1] if need_W1 else None), (grad_W1_b1[-1] if need_b1 else None)
-    grad_W2 = _output_weight_gradient(grad_W2_T, relative) if grad_W2_T is not None else None  # (H, C)  eq. (14)
+    grad_W2 = None if grad_W2_T is None else _output_weight_gradient(grad_W2_T, layer is not None)  # (H, C)  (14)
     return loss, (grad_x, grad_W1, grad_b1, grad_W2, grad_b2)
 
 

@@ -24,6 +24,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# E^T P with fewer rows than this takes MKL's row-by-row path (one float32 sum of n terms per value):
+# at n = 2048, H = 500, 1 thread, 3 rows 158 us and 1.1e-6 relative error, 4 rows 142 us and 4.1e-7.
+# Fewer products (the relative classes' 3 by default) are padded with zero rows up to it.
+MIN_PRODUCT_ROWS = 4
+
 
 def tanh_derivative(a1: Tensor, out: Tensor) -> Tensor:
     """P = 1 - a1^2 (n, H) into ``out`` (which may be a1 itself), one pass: eq. (11)'s factor."""
@@ -37,16 +42,21 @@ def class_products(xs_1: Tensor, delta2: Tensor) -> Tensor:
 
 
 def accumulate_products(total: Tensor | None, xs_1: Tensor, delta2: Tensor, P: Tensor) -> Tensor:
-    """total + E^T P ((D + 1) C, H) for one chunk of rows: the row sums of eq. (16'), (17')."""
-    E_T = class_products(xs_1, delta2).t()  # ((D + 1) C, n)
+    """total + E^T P ((D + 1) C, H) for one chunk of rows: the row sums of eq. (16'), (17'); below
+    ``MIN_PRODUCT_ROWS`` products, zero rows follow them."""
+    E = class_products(xs_1, delta2)  # (n, (D + 1) C)
+    missing = MIN_PRODUCT_ROWS - E.shape[1]
+    if missing > 0:  # zero columns: MKL's blocked product, with less rounding error
+        E = torch.cat((E, E.new_zeros(E.shape[0], missing)), 1)  # (n, MIN_PRODUCT_ROWS)
+    E_T = E.t()  # ((D + 1) C, n)
     return torch.mm(E_T, P) if total is None else total.addmm_(E_T, P)  # ((D + 1) C, H)
 
 
-def first_layer_gradients(products: Tensor, W2: Tensor) -> Tensor:
-    """[dW1; db1] (D + 1, H) from the summed E^T P ((D + 1) C, H): the sum over classes, eq. (16'), (17')."""
+def first_layer_gradients(products: Tensor, W2: Tensor, inputs: int) -> Tensor:
+    """[dW1; db1] (D + 1, H) from the summed E^T P ((D + 1) C, H), ``inputs`` = D + 1 (zero rows
+    after them are not read): the sum over classes, eq. (16'), (17')."""
     H, C = W2.shape
-    rows = products.shape[0] // C  # D + 1 (sizes written out: a -1 is ambiguous when H = 0)
-    return (products.view(rows, C, H) * W2.t()).sum(1)  # (D + 1, H)  sum_c W2_hc (E^T P)_(d,c),h
+    return (products[: inputs * C].view(inputs, C, H) * W2.t()).sum(1)  # (D + 1, H)  sum_c W2_hc (E^T P)_(d,c),h
 
 
 def input_weights(W1: Tensor, W2: Tensor) -> Tensor:

@@ -128,8 +128,9 @@ def effective_target(
     Reads no label values: one path for every batch; scatter and gather check the class range.
     """
     eps, C = label_smoothing, num_classes
+    smoothing = eps / max(C, 1)  # eps / C (with no class, C = 0, it meets only empty tensors)
     if target.is_floating_point():
-        q = target if eps == 0 else target * (1 - eps) + eps / C  # (N, C)  y' = (1 - eps) y + eps / C
+        q = target if eps == 0 else target * (1 - eps) + smoothing  # (N, C)  y' = (1 - eps) y + eps / C
         return (q if weight is None else q * weight), reduction, None  # (N, C)  q = w * y'
     counted = target != ignore_index  # (N,)  m
     index = target.masked_fill(~counted, 0).unsqueeze(1)  # (N, 1)  ignored rows point at class 0 ...
@@ -141,7 +142,7 @@ def effective_target(
     q = torch.zeros(target.shape[0], C, dtype=dtype, device=target.device).scatter(1, index, picked)  # (N, C)
     if eps != 0:
         class_weight = torch.ones(C, dtype=dtype, device=target.device) if weight is None else weight  # (C,)
-        q = q + torch.where(counted.unsqueeze(1), class_weight * (eps / C), 0.0)  # (N, C)  + m_n eps w_c / C
+        q = q + torch.where(counted.unsqueeze(1), class_weight * smoothing, 0.0)  # (N, C)  + m_n eps w_c / C
     if reduction != "mean":
         return q, reduction, None
     denominator = row_weight.sum()  # ()  d = sum_n m_n w_t

@@ -65,6 +65,12 @@ KEEP_A1_BELOW_ROWS = 16384
 # kernel without dx, 0.91x with dx, 0.83x-0.86x the backward of probs and logits; from 9 columns the
 # product for dx, with D C columns, costs more than the pass it saves (1.02x-1.08x). Measured on the CPU only.
 FACTORED_MAX_PRODUCTS = 8
+# Behind a softmax, the chunked kernels take the classes relative to the last (``relative.py``) from
+# this many rows: a step then runs about 25 small ops more (the relative W2 and b2 and their finite
+# check, a rebalanced delta2, dW2's last column), which the narrower products repay only with enough
+# rows. The loss's training step side by side, H=500, C=2, 1 thread: 1.11x the time at 256 rows,
+# 0.94x-0.96x at 1024, 0.85x at 4096 (the probabilities: 0.96x at 1024, 0.90x at 4096).
+RELATIVE_MIN_ROWS = 1024
 # Rows per chunk of those kernels: the (rows, H) buffers stay in cache on the CPU.
 NETWORK_CHUNK_ROWS = 1024
 NETWORK_CHUNK_ROWS_ACCELERATOR = 16384
@@ -169,13 +175,11 @@ def factored_first_layer_pays(x: Tensor, W2: Tensor) -> bool:
 def relative_classes_pay(x: Tensor, W2: Tensor) -> bool:
     """Whether the chunked kernels behind a softmax (the loss; the probabilities' forward and
     backward) take the classes relative to the last (``relative.py``, eq. (19)-(21)): x (N, D),
-    W2 (H, C); eager only. On the CPU, for C >= 2: every product with W2 or delta2 has C - 1
-    columns, for a few (H, C - 1) and (rows, C) ops more per call. H=500, C=2, 1 thread, the
-    training step side by side: the loss 0.83x the time at N=4096 and N=65536, 0.86x at 1024, the
-    same at 256 (its first chunked size); the probabilities 0.81x at 4096, 0.89x at 1024, 0.86x at
-    65536. The loss's kernel at N=4096, D=2: 0.97x-0.92x for C = 3 and 10. On accelerators, where
-    those ops are kernel launches and the products are not the cost: not measured, not taken."""
-    return x.is_cpu and W2.shape[1] >= 2
+    W2 (H, C); eager only. On the CPU, for C >= 2, from ``RELATIVE_MIN_ROWS`` rows: every product
+    with W2 or delta2 has C - 1 columns, for about 25 small ops more per call. The loss's kernel at
+    N=4096, D=2: 0.97x-0.92x the time for C = 3 and 10. On accelerators, where those ops are kernel
+    launches and the products are not the cost: not measured, not taken."""
+    return x.is_cpu and W2.shape[1] >= 2 and x.shape[0] >= RELATIVE_MIN_ROWS
 
 
 class EagerPlan(NamedTuple):

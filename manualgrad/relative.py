@@ -19,6 +19,8 @@ whose upstream gradient is anything. Used by the row-chunked kernels of ``chunke
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -33,10 +35,30 @@ def relative_bias(b2: Tensor) -> Tensor:
     return b2[:-1] - b2[-1:]  # (C - 1,)
 
 
-def relative_logits(a1: Tensor, W2r: Tensor, b2r: Tensor, out: Tensor) -> Tensor:
-    """z2 - z2[:, C-1] (n, C), eq. (20), into ``out``, whose last column holds 0 and is not written."""
-    torch.addmm(b2r, a1, W2r, out=out[:, :-1])  # (n, C - 1)  a1 W2r + b2r
-    return out  # (n, C)
+def relative_output_layer(W2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(W2r, b2r), eq. (20), or None where one of their values is not finite: an infinite weight or
+    bias of a class, or a difference that overflows, makes z2 - z2[:, C-1] NaN or infinite where the
+    softmax of z2 is not, and the caller takes the C classes as they are. One read of (H + 1) (C - 1) values."""
+    W2r, b2r = relative_weights(W2), relative_bias(b2)  # (H, C - 1), (C - 1,)
+    return (W2r, b2r) if _all_finite(W2r, b2r) else None
+
+
+def relative_backward(delta2: Tensor, W2: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(delta2 balanced by :func:`balanced_delta` (N, C), W2r (H, C - 1)), eq. (19)-(21), for a delta2
+    that came through the softmax y_hat (N, C); or None where delta2 or W2r has a value that is not
+    finite (a row with inf or NaN does not sum to 0)."""
+    W2r = relative_weights(W2)  # (H, C - 1)
+    return (balanced_delta(delta2, y_hat), W2r) if _all_finite(delta2, W2r) else None
+
+
+def balanced_delta(delta2: Tensor, probabilities: Tensor) -> Tensor:
+    """delta2 (n, C) with each row's entry at its most probable class (``probabilities`` or their
+    logarithms, (n, C)) made minus the sum of the others, eq. (19). That entry is the one formed with
+    cancellation: y_hat - 1 is 0 where y_hat rounds to 1 (a saturated row), and the row's gradient
+    survives only in the other entries, which the relative form drops for every class but the last.
+    Rebalanced, each entry keeps its own digits (as exact as autograd's, or more)."""
+    most = probabilities.argmax(1, keepdim=True)  # (n, 1)
+    return delta2.scatter_add(1, most, delta2.sum(1, keepdim=True).neg_())  # (n, C)  rows sum to 0
 
 
 def relative_delta(delta2: Tensor) -> Tensor:
@@ -45,8 +67,20 @@ def relative_delta(delta2: Tensor) -> Tensor:
     return delta2[:, :-1].contiguous()  # (n, C - 1)
 
 
+def relative_logits(a1: Tensor, W2r: Tensor, b2r: Tensor, out: Tensor) -> Tensor:
+    """z2 - z2[:, C-1] (n, C), eq. (20), into ``out``, whose last column holds 0 and is not written."""
+    torch.addmm(b2r, a1, W2r, out=out[:, :-1])  # (n, C - 1)  a1 W2r + b2r
+    return out  # (n, C)
+
+
 def output_weight_gradient(grad_W2r_T: Tensor) -> Tensor:
     """dW2 (H, C) from its first C - 1 columns, transposed, (C - 1, H) = delta2r^T a1: the last
     column is minus the sum of the others, eq. (21)."""
     last = grad_W2r_T.sum(0, keepdim=True).neg_()  # (1, H)  -sum_c<C-1 dW2[:, c]
     return torch.cat((grad_W2r_T, last)).t()  # (H, C)  eq. (14), (21)
+
+
+def _all_finite(*tensors: Tensor) -> bool:
+    """Whether every value is finite, from the tensors' sums (fewer ops than ``isfinite``): a sum of
+    finite values that overflows says no too, and the caller takes the C classes, never a wrong value."""
+    return math.isfinite(sum(float(t.sum()) for t in tensors))

@@ -235,3 +235,51 @@ def test_a_kept_a1_gives_what_recomputing_gives(N, sigmoid_form):
     recomputed = backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **chunks)
     for got, expected in zip(from_kept, recomputed):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def _saturated_problem(N, dtype):
+    """x, class-0 targets and parameters whose every row gives class 0 a margin of about 20: in
+    float32 y_hat_0 rounds to 1 and y_hat_0 - 1 to 0, in float64 neither does."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(N, 2, generator=g, dtype=torch.float64)
+    W1, b1 = torch.randn(2, 16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
+    W2 = torch.randn(16, 2, generator=g, dtype=torch.float64) * 0.05
+    b2 = torch.tensor([20.0, 0.0], dtype=torch.float64)
+    return [t.to(dtype) for t in (x, W1, b1, W2, b2)], torch.zeros(N, dtype=torch.long)
+
+
+SATURATED_STEPS = {
+    "loss": (1100, lambda m, x, t, *p: m.loss(x, t, *p, reduction="sum")),
+    "nll-of-log-probs": (1100, lambda m, x, t, *p: F.nll_loss(m.probs(x, *p).log(), t, reduction="sum")),
+}
+
+
+class _Manual:
+    loss = staticmethod(lambda x, t, *p, reduction: functional.two_layer_net_loss(x, t, *p, reduction=reduction))
+    probs = staticmethod(functional.two_layer_net)
+
+
+class _Twin:
+    loss = staticmethod(lambda x, t, *p, reduction: reference.loss(x, t, *p, reduction=reduction))
+    probs = staticmethod(reference.probs)
+
+
+@pytest.mark.parametrize("step", SATURATED_STEPS)
+def test_saturated_rows_keep_their_gradient_behind_the_softmax(step):
+    """Every row saturated on class 0, not the last: the entry y_hat_0 - 1 of delta2 is 0 in float32,
+    and the row's gradient lives only in its other entries (docs/derivation.md, eq. (19)-(21)). The
+    float32 gradients match the float64 truth to 1e-3 of each tensor's largest value, where autograd's
+    own float32 dW2[:, 0] is 0 (the control)."""
+    N, fn = SATURATED_STEPS[step]
+    (leaves32, t), (leaves64, _) = _saturated_problem(N, torch.float32), _saturated_problem(N, torch.float64)
+    leaves32, leaves64 = [p.requires_grad_() for p in leaves32], [p.requires_grad_() for p in leaves64]
+    grads = torch.autograd.grad(fn(_Manual, leaves32[0], t, *leaves32[1:]), leaves32)
+    truth = torch.autograd.grad(fn(_Twin, leaves64[0], t, *leaves64[1:]), leaves64)
+    twin32 = torch.autograd.grad(fn(_Twin, leaves32[0], t, *leaves32[1:]), leaves32)
+    for name, got, expected in zip(("x", "W1", "b1", "W2", "b2"), grads, truth):
+        scale = float(expected.abs().max())
+        assert scale > 0, name
+        torch.testing.assert_close(
+            got.double(), expected, rtol=1e-3, atol=1e-3 * scale, msg=lambda m, n=name: f"{n}: {m}"
+        )
+    assert bool((twin32[3][:, 0] == 0).all()), "the control: autograd's float32 loses dW2[:, 0]"

@@ -89,6 +89,7 @@ def _lower_chunking(monkeypatch, rows=20):
 @pytest.mark.parametrize("N, H", [(7, 5), (40, 120)], ids=["small", "sigmoid-form"])
 def test_chunked_network_form_and_layout(entry, N, H, monkeypatch):
     _lower_chunking(monkeypatch)
+    monkeypatch.setattr(modes, "RELATIVE_MIN_ROWS", 4)
     forwards = _spy(monkeypatch, autograd, "network_output_chunked")
     backwards = _spy(monkeypatch, autograd, "backward_from_logits_chunked")
     x, _, _, params = problem(N=N, H=H)
@@ -97,10 +98,12 @@ def test_chunked_network_form_and_layout(entry, N, H, monkeypatch):
     sigmoid = N * H >= modes.SIGMOID_TANH_MIN_ELEMENTS
     kept = forwards[0].pop("a1_out")  # below KEEP_A1_BELOW_ROWS the forward keeps a1 (N, H) for backward
     assert kept.shape == (N, H) and backwards[0].pop("a1") is kept
+    y_hat = backwards[0].pop("y_hat")  # the softmax the upstream gradient came through: the probabilities only
+    assert (y_hat is not None) == (entry == "probs") and (y_hat is None or y_hat.shape == (N, 4))
     relative = entry == "probs"  # C = 4 classes behind the softmax; the logits' upstream gradient is anything
     assert forwards == [dict(chunk_rows=20, sigmoid_form=sigmoid, column_major_W2=min(N, 20) >= 16,
                              probabilities=entry == "probs", relative=relative)]  # fmt: skip
-    expected = dict(chunk_rows=20, sigmoid_form=sigmoid, factored=False, relative=relative)
+    expected = dict(chunk_rows=20, sigmoid_form=sigmoid, factored=False)
     assert backwards == [expected], "(D + 1) C = 16 columns: delta1"
 
 

@@ -21,7 +21,7 @@ import torch
 from planted.allocations import Allocations, assert_buffers
 from planted.twins import assert_close_relative, assert_matches_twin, problem
 
-from manualgrad import autograd, chunked, functional, modes, reference
+from manualgrad import autograd, chunked, factored, functional, modes, reference
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -129,10 +129,15 @@ FACTORED_ROWS = (4, 12, 16)
 RELATIVE_ROWS = (4, 3, 9, 12, 1)
 
 
-def _upstream(N, seed, relative, dtype=torch.float64):
-    """An upstream gradient of z2 (N, 4); ``relative``: rows that sum to 0, as through a softmax (eq. (19))."""
-    grad_z2 = torch.randn(N, 4, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    return grad_z2 - grad_z2.mean(1, keepdim=True) if relative else grad_z2
+def _upstream(N, seed, through_softmax):
+    """An upstream gradient of z2 (N, 4) and, ``through_softmax``, the y_hat (N, 4) it came through
+    (its rows then sum to 0, eq. (19)), else None."""
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(N, 4, generator=g, dtype=torch.float64)
+    if not through_softmax:
+        return grad, None
+    y_hat = torch.softmax(torch.randn(N, 4, generator=g, dtype=torch.float64) * 2, 1)
+    return y_hat * (grad - (grad * y_hat).sum(1, keepdim=True)), y_hat  # eq. (6)
 
 
 @pytest.mark.parametrize("needs", NEEDS, ids=NEED_IDS)
@@ -143,13 +148,13 @@ def _upstream(N, seed, relative, dtype=torch.float64):
 def test_backward_from_logits_chunked_matches_twin(factored, relative, chunking, sigmoid_form, needs, monkeypatch):
     N, rows = chunking
     x, _, _, params = problem(N=N, H=6)
-    grad_z2 = _upstream(N, 3, relative)
+    grad_z2, y_hat = _upstream(N, 3, relative)
     calls = _spy_chunks(monkeypatch)
     W1, b1, W2, _ = params
     with Allocations() as allocations:
         grads = chunked.backward_from_logits_chunked(
             grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, factored=factored,
-            relative=relative,
+            y_hat=y_hat,
         )  # fmt: skip
     assert len(grads) == 5
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
@@ -169,14 +174,14 @@ def test_backward_from_logits_chunked_matches_twin(factored, relative, chunking,
 def test_backward_from_logits_chunked_every_gradient(factored, relative, chunking, sigmoid_form, monkeypatch):
     N, rows = chunking
     x, _, _, params = problem(N=N, H=6, scale=2.0)
-    grad_z2 = _upstream(N, 4, relative)
+    grad_z2, y_hat = _upstream(N, 4, relative)
     calls = _spy_chunks(monkeypatch)
     W1, b1, W2, _ = params
     needs = (True,) * 5
     with Allocations() as allocations:
         grads = chunked.backward_from_logits_chunked(
             grad_z2, x, W1, b1, W2, needs, chunk_rows=rows, sigmoid_form=sigmoid_form, factored=factored,
-            relative=relative,
+            y_hat=y_hat,
         )  # fmt: skip
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, _backward_twin(grad_z2, x, params, needs)):
         assert_close_relative(g, r, f"gradient of {name}")
@@ -189,9 +194,10 @@ def test_relative_backward_is_wrong_for_rows_that_do_not_sum_to_zero(factored):
     """Negative control: the relative classes assume eq. (19); the logits' own upstream gradient breaks it."""
     x, _, _, params = problem(N=7, H=6)
     W1, b1, W2, _ = params
-    grad_z2 = _upstream(7, 3, relative=False)
+    grad_z2, _ = _upstream(7, 3, through_softmax=False)
+    _, y_hat = _upstream(7, 3, through_softmax=True)
     kwargs = dict(chunk_rows=3, sigmoid_form=True, factored=factored)
-    grads = chunked.backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **kwargs, relative=True)
+    grads = chunked.backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **kwargs, y_hat=y_hat)
     expected = _backward_twin(grad_z2, x, params, (True,) * 5)
     for name, g, r in zip(["x", "W1", "W2"], [grads[0], grads[1], grads[3]], [expected[0], expected[1], expected[3]]):
         assert not torch.allclose(g, r), f"gradient of {name} right from the wrong rows"
@@ -322,12 +328,13 @@ def test_functional_chunked_path_matches_twin(entry, N, H, needs, keep_a1, facto
     monkeypatch.setattr(modes, "NETWORK_CHUNK_ROWS", 3)
     monkeypatch.setattr(modes, "KEEP_A1_BELOW_ROWS", N + 1 if keep_a1 else N)
     monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", 16 if factored else 15)  # (D + 1) C = 16
+    monkeypatch.setattr(modes, "RELATIVE_MIN_ROWS", N)
     calls, kinds, outputs = _spy_chunks(monkeypatch), [], []
     original, original_forward = autograd.backward_from_logits_chunked, autograd.network_output_chunked
     monkeypatch.setattr(
         autograd,
         "backward_from_logits_chunked",
-        lambda *a, **k: kinds.append((k["factored"], k["relative"])) or original(*a, **k),
+        lambda *a, **k: kinds.append((k["factored"], k["y_hat"] is not None)) or original(*a, **k),
     )
     monkeypatch.setattr(
         autograd, "network_output_chunked", lambda *a, **k: outputs.append(k["relative"]) or original_forward(*a, **k)
@@ -427,3 +434,35 @@ def test_factored_kernels_on_grids_that_are_not_square(grid, kernel, needs):
         expected = _backward_twin(grad_z2, x, params, needs)
     for name, g, r in zip(["x", "W1", "b1", "W2", "b2"], grads, expected):
         assert_close_relative(g, r, f"gradient of {name}, D={D}, H={H}, C={C}")
+
+
+def test_few_products_are_padded_with_zero_rows():
+    """E^T P with 3 rows takes MKL's row-by-row path, with about 3x the rounding error of the blocked
+    kernel that 4 rows take (factored.MIN_PRODUCT_ROWS): 3 products come back in 4 rows, the last 0."""
+    x, _, _, params = problem(N=7, D=2, H=6, C=2)
+    xs_1 = torch.cat((x, x.new_ones(7, 1)), 1)  # (N, D + 1)
+    delta2 = torch.randn(7, 1, generator=torch.Generator().manual_seed(9), dtype=x.dtype)  # one relative class
+    P = torch.rand(7, 6, generator=torch.Generator().manual_seed(10), dtype=x.dtype)
+    products = factored.accumulate_products(None, xs_1, delta2, P)
+    assert products.shape == (factored.MIN_PRODUCT_ROWS, 6)
+    torch.testing.assert_close(products[:3], (xs_1 * delta2).T @ P)
+    assert bool((products[3:] == 0).all())
+    again = factored.accumulate_products(products.clone(), xs_1, delta2, P)  # the next chunk adds in place
+    torch.testing.assert_close(again, 2 * products)
+    W2 = params[2][:, :1]  # (H, 1)
+    torch.testing.assert_close(factored.first_layer_gradients(products, W2, 3), W2.T * products[:3])
+
+
+@pytest.mark.parametrize("C, relative", [(2, True), (3, True), (1, False)])
+def test_the_loss_takes_the_relative_classes_from_two_of_them(C, relative, monkeypatch):
+    monkeypatch.setattr(modes, "RELATIVE_MIN_ROWS", 9)
+    calls, original = [], autograd.loss_and_gradients
+    monkeypatch.setattr(
+        autograd, "loss_and_gradients", lambda *a, **k: calls.append(k["relative"]) or original(*a, **k)
+    )
+    x, indices, _, params = problem(N=9, H=5, C=C)
+    leaves = [p.clone().requires_grad_() for p in params]
+    with functional.loss_gradients_in_forward(True, chunk_rows=4):
+        loss = functional.two_layer_net_loss(x, indices, *leaves)
+    assert_close_relative(loss.detach(), reference.loss(x, indices, *params), "loss")
+    assert calls == [relative]

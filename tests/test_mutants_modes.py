@@ -87,9 +87,12 @@ def test_factored_first_layer_pays_for_few_products_on_the_cpu(D, C, expected):
 
 @pytest.mark.parametrize("C, expected", [(2, True), (3, True), (10, True), (1, False), (0, False)])
 def test_relative_classes_pay_from_two_classes_on_the_cpu(C, expected):
-    """C - 1 relative columns: none to gain below two classes (and C - 1 = 0 has no products)."""
-    x, W2 = torch.zeros(5, 2), torch.zeros(4, C)
+    """C - 1 relative columns: none to gain below two classes (and C - 1 = 0 has no products); from
+    modes.RELATIVE_MIN_ROWS rows."""
+    rows = modes.RELATIVE_MIN_ROWS
+    x, W2 = torch.zeros(rows, 2), torch.zeros(4, C)
     assert modes.relative_classes_pay(x, W2) is expected
+    assert modes.relative_classes_pay(x[: rows - 1], W2) is False
     assert modes.relative_classes_pay(x.to("meta"), W2.to("meta")) is False
 
 
@@ -168,6 +171,7 @@ def test_prepare_names_x_and_checks_the_first_call():
 
 
 def test_precomputed_loss_form_and_layout(monkeypatch):
+    monkeypatch.setattr(modes, "RELATIVE_MIN_ROWS", 36)
     calls = []
     original = autograd.loss_and_gradients
     monkeypatch.setattr(autograd, "loss_and_gradients", lambda *a, **k: calls.append(k) or original(*a, **k))
@@ -196,15 +200,18 @@ def test_precomputed_loss_form_and_layout(monkeypatch):
 
 @pytest.mark.parametrize("in_forward", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_no_classes_gives_cross_entropys_values(in_forward, reduction):
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_no_classes_gives_cross_entropys_values(in_forward, reduction, label_smoothing):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 3, generator=g, dtype=torch.float64)
     W1, b1 = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
     W2, b2 = torch.zeros(5, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     target = torch.zeros(4, 0, dtype=torch.float64)
     with functional.loss_gradients_in_forward(in_forward):
-        loss = functional.two_layer_net_loss(x, target, W1.requires_grad_(), b1, W2, b2, reduction=reduction)
-    expected = reference.loss(x, target, W1, b1, W2, b2, reduction=reduction)
+        loss = functional.two_layer_net_loss(
+            x, target, W1.requires_grad_(), b1, W2, b2, reduction=reduction, label_smoothing=label_smoothing
+        )
+    expected = reference.loss(x, target, W1, b1, W2, b2, reduction=reduction, label_smoothing=label_smoothing)
     torch.testing.assert_close(loss.detach(), expected.detach(), equal_nan=True)
 
 

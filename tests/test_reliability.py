@@ -650,6 +650,32 @@ def test_nan_and_inf_propagate_as_in_pytorch(case, path):
     assert_close_to_twin(result, expected, torch.float64, f"{case}, {path}", equal_nan=True)
 
 
+# A class whose weights or bias are not finite, or whose differences overflow. Behind a softmax, the
+# chunked paths (the loss from 256 rows, the probabilities from 1024) take the classes relative to
+# the last (from modes.RELATIVE_MIN_ROWS rows) only where W2 - W2[:, C-1] and b2 - b2[C-1] are
+# finite (docs/derivation.md, eq. (20)).
+EXTREME_CLASSES = {
+    "-inf in the last b2": _set(("b2", C - 1), float("-inf")),
+    "+inf in the last b2": _set(("b2", C - 1), float("inf")),
+    "+inf in the last W2 column": _set(("W2", (1, C - 1)), float("inf")),
+    "-inf in the first b2": _set(("b2", 0), float("-inf")),
+    "b2 differences that overflow": lambda x, target, params: params[3].copy_(torch.tensor([1e308, 0, 0, -1e308])),
+}
+
+
+@pytest.mark.parametrize("N", [5, 300, 1100])
+@pytest.mark.parametrize("path", ["probs", "loss-mean", "loss-sum"])
+@pytest.mark.parametrize("case", EXTREME_CLASSES)
+def test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N(case, path, N):
+    x, target, params = make_problem(N, D, H, C, seed=8)
+    EXTREME_CLASSES[case](x, target, params)
+    manual, twin = pair(path, target)
+    grad_out = upstream(path, N, C)
+    result = grads_keeping_layout(manual, [x, *params], grad_out)
+    expected = grads_keeping_layout(twin, [x, *params], grad_out)
+    assert_close_to_twin(result, expected, torch.float64, f"{case}, {path}, N={N}", equal_nan=True)
+
+
 AUTOCAST_PATHS = ["probs", "logits", "loss-mean", "loss-none"]
 
 
