@@ -21,7 +21,7 @@ import torch
 from planted.allocations import Allocations, assert_buffers
 from planted.twins import assert_close_relative, assert_matches_twin, problem
 
-from manualgrad import autograd, chunked, factored, functional, modes, reference
+from manualgrad import autograd, chunked, factored, functional, modes, reference, relative
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -466,3 +466,64 @@ def test_the_loss_takes_the_relative_classes_from_two_of_them(C, relative, monke
         loss = functional.two_layer_net_loss(x, indices, *leaves)
     assert_close_relative(loss.detach(), reference.loss(x, indices, *params), "loss")
     assert calls == [relative]
+
+
+@pytest.mark.parametrize("where", ["finite", "last-W2", "last-b2", "first-W2", "overflow"])
+def test_the_relative_layer_only_where_its_values_are_finite(where):
+    """W2r and b2r, eq. (20), or None where one of their values is not finite: then the C classes."""
+    W2 = torch.randn(5, 3, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    b2 = torch.tensor([0.5, -0.25, 1.0], dtype=torch.float64)
+    if where == "last-W2":
+        W2[2, -1] = math.inf
+    elif where == "last-b2":
+        b2[-1] = -math.inf
+    elif where == "first-W2":
+        W2[1, 0] = math.nan
+    elif where == "overflow":  # each finite, their difference not
+        b2 = torch.tensor([1e308, 0.0, -1e308], dtype=torch.float64)
+    layer = relative.relative_output_layer(W2, b2)
+    if where != "finite":
+        assert layer is None
+        return
+    torch.testing.assert_close(layer[0], W2[:, :2] - W2[:, 2:])
+    torch.testing.assert_close(layer[1], b2[:2] - b2[2])
+
+
+def test_the_relative_probabilities_multiply_by_C_minus_1_columns():
+    """The forward's product a1 W2r + b2r writes C - 1 = 3 columns (the speed of eq. (20)), not C."""
+    x, _, _, params = problem(N=7, H=6)
+    with Allocations() as allocations:
+        out = chunked.network_output_chunked(
+            x, *params, chunk_rows=3, sigmoid_form=True, column_major_W2=False, probabilities=True, relative=True
+        )
+    assert_close_relative(out, reference.probs(x, *params), "probabilities")
+    products = [shape for name, shape in allocations.ops if name == "addmm.out"]
+    assert products == [(3, 3), (3, 3), (1, 3)], products
+
+
+@pytest.mark.parametrize("where", ["finite", "delta2-inf", "delta2-nan", "last-W2"])
+def test_the_relative_backward_only_where_its_values_are_finite(where):
+    """(delta2 rebalanced, W2r), eq. (19)-(21), or None: a row of delta2 with inf or NaN does not sum
+    to 0, and an infinite W2 makes W2r so; the backward then takes the C classes, the same values as
+    without y_hat."""
+    grad_z2, y_hat = _upstream(7, 5, through_softmax=True)
+    x, _, _, params = problem(N=7, H=6)
+    W1, b1, W2, _ = params
+    if where == "delta2-inf":
+        grad_z2[3, 1] = math.inf
+    elif where == "delta2-nan":
+        grad_z2[2, 0] = math.nan
+    elif where == "last-W2":
+        W2 = W2.clone()
+        W2[4, -1] = math.inf
+    pair = relative.relative_backward(grad_z2, W2, y_hat)
+    kwargs = dict(chunk_rows=3, sigmoid_form=True, factored=True)
+    with_y_hat = chunked.backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **kwargs, y_hat=y_hat)
+    if where == "finite":
+        torch.testing.assert_close(pair[0].sum(1), torch.zeros(7, dtype=x.dtype))
+        torch.testing.assert_close(pair[1], W2[:, :-1] - W2[:, -1:])
+        return
+    assert pair is None
+    without = chunked.backward_from_logits_chunked(grad_z2, x, W1, b1, W2, (True,) * 5, **kwargs)
+    for name, a, b in zip(["x", "W1", "b1", "W2", "b2"], with_y_hat, without):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
