@@ -52,6 +52,7 @@ from .factored import accumulate_products, first_layer_gradients, input_gradient
 from .kernels import column_major, hidden_activation_fast, loss_grad_logits, minus_one_for, per_sample_loss
 from .relative import (
     balanced_delta,
+    finite_targets,
     output_weight_gradient,
     relative_backward,
     relative_delta,
@@ -94,7 +95,8 @@ def network_output_chunked(
     with W2 in column-major layout. ``a1_out``: an (N, H) tensor that keeps a1, each chunk in its
     rows, instead of the reused buffer (for a backward that does not recompute it). ``relative``
     (probabilities only, C >= 2): the softmax of z2 - z2[:, C-1], eq. (20) of ``relative.py``, a
-    product with C - 1 columns, where W2r and b2r are finite. Never call where autograd records.
+    product with C - 1 columns, where neither form of the logits can overflow
+    (``relative.relative_output_layer``). Never call where autograd records.
     """
     N, H, C = x.shape[0], W1.shape[1], W2.shape[1]
     layer = relative_output_layer(W2, b2) if relative else None  # (W2r, b2r), eq. (20); None: the C classes
@@ -220,7 +222,8 @@ def loss_and_gradients(
     b1 doubled once); ``column_major_W2``: multiply by W2 in column-major layout; ``factored``:
     eq. (16)-(18) as ``factored.py``'s (16')-(18'), without forming delta1; ``relative``: the
     classes relative to the last, ``relative.py``'s eq. (20), (21), so that every product with W2
-    or delta2 has C - 1 columns (C >= 2), where W2r and b2r are finite.
+    or delta2 has C - 1 columns (C >= 2), where neither form of the logits can overflow and the
+    targets are finite.
     """
     need_x, need_W1, need_b1, need_W2, need_b2 = needs
     need_delta1 = need_x or need_W1 or need_b1
@@ -233,7 +236,8 @@ def loss_and_gradients(
     hidden = x.new_empty(rows, H) if chunked else None  # (rows, H)  z1, then a1
     grad_hidden = x.new_empty(rows, H) if chunked and need_delta1 and not factored else None  # (rows, H)  delta1
     grad_x = x.new_empty(x.shape) if need_x and (chunked or factored) else None  # (N, D)
-    layer = relative_output_layer(W2, b2) if relative else None  # (W2r, b2r), eq. (20); None: the C classes
+    # (W2r, b2r), eq. (20); None: the C classes
+    layer = relative_output_layer(W2, b2) if relative and finite_targets(target) else None
     W2_k, b2_k = (W2, b2) if layer is None else layer  # (H, K), (K,): K = C, or C - 1 relative columns
     logits_buffer = None if layer is None else x.new_zeros(rows, W2.shape[1])  # (rows, C)  last column 0
     W2_cols = column_major(W2_k) if column_major_W2 else W2_k  # (H, K)

@@ -48,7 +48,7 @@ def accumulate_products(total: Tensor | None, xs_1: Tensor, delta2: Tensor, P: T
     missing = MIN_PRODUCT_ROWS - E.shape[1]
     if missing > 0:  # zero columns: MKL's blocked product, with less rounding error
         E = torch.cat((E, E.new_zeros(E.shape[0], missing)), 1)  # (n, MIN_PRODUCT_ROWS)
-    E_T = E.t()  # ((D + 1) C, n)
+    E_T = E.t()  # ((D + 1) C, n), or (MIN_PRODUCT_ROWS, n) padded
     return torch.mm(E_T, P) if total is None else total.addmm_(E_T, P)  # ((D + 1) C, H)
 
 

@@ -69,7 +69,7 @@ FACTORED_MAX_PRODUCTS = 8
 # this many rows: a step then runs about 25 small ops more (the relative W2 and b2 and their finite
 # check, a rebalanced delta2, dW2's last column), which the narrower products repay only with enough
 # rows. The loss's training step side by side, H=500, C=2, 1 thread: 1.11x the time at 256 rows,
-# 0.94x-0.96x at 1024, 0.85x at 4096 (the probabilities: 0.96x at 1024, 0.90x at 4096).
+# 0.94x-0.96x at 1024, 0.85x at 4096 (the probabilities: 0.96x at 1024, 0.84x-0.90x at 4096).
 RELATIVE_MIN_ROWS = 1024
 # Rows per chunk of those kernels: the (rows, H) buffers stay in cache on the CPU.
 NETWORK_CHUNK_ROWS = 1024

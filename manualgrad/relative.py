@@ -36,11 +36,21 @@ def relative_bias(b2: Tensor) -> Tensor:
 
 
 def relative_output_layer(W2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor] | None:
-    """(W2r, b2r), eq. (20), or None where one of their values is not finite: an infinite weight or
-    bias of a class, or a difference that overflows, makes z2 - z2[:, C-1] NaN or infinite where the
-    softmax of z2 is not, and the caller takes the C classes as they are. One read of (H + 1) (C - 1) values."""
+    """(W2r, b2r), eq. (20), or None where z2 or z2 - z2[:, C-1] could leave the finite numbers: an
+    infinite weight or bias, a difference that overflows, or a product a1 W2r + b2r that does (each
+    relative logit can be twice a plain one) would give NaN or inf where the softmax of z2 is finite,
+    and the other way round. Since |a1| <= 1, |z2_c| <= sum_h |W2_hc| + |b2_c|, and so for the
+    relative logits: where both bounds are finite neither form overflows; else the caller takes
+    the C classes as they are, with F.cross_entropy's values."""
     W2r, b2r = relative_weights(W2), relative_bias(b2)  # (H, C - 1), (C - 1,)
-    return (W2r, b2r) if _all_finite(W2r, b2r) else None
+    bounds = W2r.abs().sum(0) + b2r.abs(), W2.abs().sum(0) + b2.abs()  # (C - 1,), (C,)  |z2r|, |z2| at most
+    return (W2r, b2r) if _all_finite(*bounds) else None
+
+
+def finite_targets(target: Tensor) -> bool:
+    """Whether the loss's (effective) targets are finite: class indices are; probabilities with inf or
+    NaN give rows of delta2 that do not sum to 0 (eq. (19)), and the loss takes the C classes."""
+    return not target.is_floating_point() or _all_finite(target)
 
 
 def relative_backward(delta2: Tensor, W2: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -56,7 +66,9 @@ def balanced_delta(delta2: Tensor, probabilities: Tensor) -> Tensor:
     logarithms, (n, C)) made minus the sum of the others, eq. (19). That entry is the one formed with
     cancellation: y_hat - 1 is 0 where y_hat rounds to 1 (a saturated row), and the row's gradient
     survives only in the other entries, which the relative form drops for every class but the last.
-    Rebalanced, each entry keeps its own digits (as exact as autograd's, or more)."""
+    Rebalanced, every entry has digits of its own: a saturated row keeps its gradient (more than
+    autograd's float32 does); elsewhere the rebalanced entry carries the rounding of the row's sum,
+    an error of the order of the other entries' own."""
     most = probabilities.argmax(1, keepdim=True)  # (n, 1)
     return delta2.scatter_add(1, most, delta2.sum(1, keepdim=True).neg_())  # (n, C)  rows sum to 0
 

@@ -650,6 +650,18 @@ def test_nan_and_inf_propagate_as_in_pytorch(case, path):
     assert_close_to_twin(result, expected, torch.float64, f"{case}, {path}", equal_nan=True)
 
 
+def _overflowing_relative_logits(x, target, params):
+    """a1 = s = (1, 1, 1, -1, -1) in every row, W2's first class 3e307 s and its last -3e307 s, every
+    label the first class: each plain logit stays within 5 * 3e307 = 1.5e308 and the loss is 0, W2r
+    and its sum (6e307) are finite, but the relative first logit would reach 3e308 (inf)."""
+    W1, b1, W2, _ = params
+    signs = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0], dtype=W2.dtype)
+    W1.zero_()
+    b1.copy_(30 * signs)
+    W2[:, 0], W2[:, -1] = 3e307 * signs, -3e307 * signs
+    target.zero_()
+
+
 # A class whose weights or bias are not finite, or whose differences overflow. Behind a softmax, the
 # chunked paths (the loss from 256 rows, the probabilities from 1024) take the classes relative to
 # the last (from modes.RELATIVE_MIN_ROWS rows) only where W2 - W2[:, C-1] and b2 - b2[C-1] are
@@ -660,6 +672,8 @@ EXTREME_CLASSES = {
     "+inf in the last W2 column": _set(("W2", (1, C - 1)), float("inf")),
     "-inf in the first b2": _set(("b2", 0), float("-inf")),
     "b2 differences that overflow": lambda x, target, params: params[3].copy_(torch.tensor([1e308, 0, 0, -1e308])),
+    "relative logits that overflow": _overflowing_relative_logits,
+    "+inf in a probability target": _set(("target", (2, 1)), float("inf")),
 }
 
 
@@ -667,7 +681,10 @@ EXTREME_CLASSES = {
 @pytest.mark.parametrize("path", ["probs", "loss-mean", "loss-sum"])
 @pytest.mark.parametrize("case", EXTREME_CLASSES)
 def test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N(case, path, N):
-    x, target, params = make_problem(N, D, H, C, seed=8)
+    soft = "target" in case
+    if soft and path == "probs":
+        pytest.skip("the probabilities take no target")
+    x, target, params = make_problem(N, D, H, C, soft=soft, seed=8)
     EXTREME_CLASSES[case](x, target, params)
     manual, twin = pair(path, target)
     grad_out = upstream(path, N, C)

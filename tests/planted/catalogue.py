@@ -302,6 +302,16 @@ CATALOGUE = [
          "[gradients-in-forward-+inf in the last W2 column-loss-mean-1100]",
          "tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
          "[gradients-in-forward-+inf in the last W2 column-probs-1100]"), verify=False),
+    Bug("no-overflow-bound/relative", RELATIVE,
+        "return (W2r, b2r) if _all_finite(*bounds) else None", "return (W2r, b2r) if _all_finite(W2r, b2r) else None",
+        ("tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
+         "[gradients-in-forward-relative logits that overflow-loss-mean-1100]",
+         "tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
+         "[gradients-in-forward-relative logits that overflow-probs-1100]"), verify=False),
+    Bug("non-finite-targets-taken/relative", RELATIVE,
+        "return not target.is_floating_point() or _all_finite(target)", "return True",
+        ("tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
+         "[gradients-in-forward-+inf in a probability target-loss-sum-1100]",), verify=False),
     Bug("padding-rows/factored-products", FACTORED,
         "missing = MIN_PRODUCT_ROWS - E.shape[1]", "missing = 0",
         (C + "test_few_products_are_padded_with_zero_rows",), verify=False),
