@@ -4,20 +4,22 @@ Every case of the table ``CASES`` is compared with the native twin (``reference.
 is ``F.cross_entropy`` on native autograd), value first, then every gradient (x, W1, b1, W2,
 b2, and for probability targets the target and the weight), for every reduction, both loss
 strategies (gradients in backward, and in the forward in small chunks with a ragged last
-chunk), float64 and float32, batched and unbatched. Then gradcheck and gradgradcheck, one
+chunk), float64 and float32, batched and unbatched. A differentiated target or weight defers the
+gradients to backward, so the gradients in the forward are compared again with constant ones, with
+the classes relative to the last (eq. (19)-(21)) and with all C. Then gradcheck and gradgradcheck, one
 compiled graph for every batch size with ignored rows present, torch.func, the errors, and a
 negative control: a wrong denominator must be caught by the same comparison.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import torch
 from conftest import DEVICES, TOLERANCES, make_problem
 
-from manualgrad import TwoLayerNet, functional, kernels, reference
+from manualgrad import TwoLayerNet, autograd, chunked, functional, kernels, modes, reference
 
 D, H, C = 3, 7, 4
 IGNORE = -100
@@ -73,17 +75,19 @@ def make_case(case: Case, dtype=torch.float64, device="cpu", seed=0):
     return x, target, params, options
 
 
-def value_and_grads(loss_fn, case, x, target, params, options, reduction, unbatched=False):
-    """The loss and its gradients in (x, W1, b1, W2, b2[, target][, weight]), upstream g random."""
+def value_and_grads(loss_fn, case, x, target, params, options, reduction, unbatched=False, target_grad=None):
+    """The loss and its gradients in (x, W1, b1, W2, b2[, target][, weight]), upstream g random;
+    probabilities are differentiated unless ``target_grad`` is False."""
+    target_grad = case.soft if target_grad is None else target_grad
     leaves = [t.detach().clone().requires_grad_() for t in (x, *params)]
-    target = target.detach().clone().requires_grad_(case.soft)
+    target = target.detach().clone().requires_grad_(target_grad)
     weight = options["weight"]
     if weight is not None:
         weight = weight.detach().clone().requires_grad_(case.weight_requires_grad)
     kwargs = {**options, "weight": weight}
     if case.soft:
         kwargs.pop("ignore_index")  # F refuses any other value with probabilities; -100 is its default
-    inputs = leaves + [target] * case.soft + [weight] * case.weight_requires_grad
+    inputs = leaves + [target] * target_grad + [weight] * case.weight_requires_grad
     if unbatched:
         out = torch.stack([loss_fn(leaves[0][n], target[n], *leaves[1:], reduction, **kwargs) for n in range(len(x))])
     else:
@@ -102,10 +106,11 @@ def assert_close_relative(actual, expected, dtype, what):
     )
 
 
-def assert_matches_cross_entropy(case, reduction, dtype=torch.float64, device="cpu", unbatched=False):
+def assert_matches_cross_entropy(case, reduction, dtype=torch.float64, device="cpu", unbatched=False, target_grad=None):
     x, target, params, options = make_case(case, dtype, device)
-    manual = value_and_grads(functional.two_layer_net_loss, case, x, target, params, options, reduction, unbatched)
-    twin = value_and_grads(reference.loss, case, x, target, params, options, reduction, unbatched)
+    args = (case, x, target, params, options, reduction, unbatched, target_grad)
+    manual = value_and_grads(functional.two_layer_net_loss, *args)
+    twin = value_and_grads(reference.loss, *args)
     assert_close_relative(manual[0], twin[0], dtype, "value")
     for i, (g, r) in enumerate(zip(manual[1], twin[1])):
         assert_close_relative(g, r, dtype, f"gradient {i} of (x, W1, b1, W2, b2, target, weight)")
@@ -120,6 +125,48 @@ def test_value_and_every_gradient_match_cross_entropy(case, reduction, strategy,
     in_forward, chunk_rows = STRATEGIES[strategy]
     with functional.loss_gradients_in_forward(in_forward, chunk_rows):
         assert_matches_cross_entropy(CASES[case], reduction, dtype, device)
+
+
+def constant(case: Case) -> Case:
+    """The case with a weight that is not differentiated (a differentiated target or weight defers
+    the gradients to backward: ``modes.gradients_in_forward``)."""
+    return replace(case, weight_requires_grad=False)
+
+
+def _count_relative_chunks(monkeypatch):
+    """How many chunks the loss kernel treats with the classes relative to the last, eq. (21)."""
+    calls = []
+    original = chunked.relative_delta
+    monkeypatch.setattr(chunked, "relative_delta", lambda delta2: calls.append(len(delta2)) or original(delta2))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("relative", [True, False], ids=["relative-classes", "all-classes"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])  # a scalar loss: 'none' takes the gradients in backward
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_in_the_forward_take_every_option(case, reduction, relative, dtype, monkeypatch):
+    """Targets and weight constant, so that the gradients are computed in the forward, in chunks of 3
+    rows (a ragged last one), with weight, ignore_index and label_smoothing; ``relative``: by
+    eq. (19)-(21) from 1 row instead of RELATIVE_MIN_ROWS, else with all C classes."""
+    monkeypatch.setattr(modes, "RELATIVE_MIN_ROWS", 1 if relative else 2**62)
+    relative_chunks, in_forward = _count_relative_chunks(monkeypatch), []
+    original = autograd.loss_and_gradients
+    monkeypatch.setattr(autograd, "loss_and_gradients", lambda *a, **k: in_forward.append(1) or original(*a, **k))
+    with functional.loss_gradients_in_forward(True, 3):
+        assert_matches_cross_entropy(constant(CASES[case]), reduction, dtype, target_grad=False)
+    assert in_forward == [1], "the gradients were not computed in the forward"
+    assert sum(relative_chunks) == CASES[case].rows * relative, f"rows in relative chunks: {relative_chunks}"
+
+
+@pytest.mark.parametrize("case", ["indices, weight, ignored, smoothing", "probabilities, weight, smoothing"])
+def test_the_classes_relative_to_the_last_from_their_threshold(case, monkeypatch):
+    """At modes.RELATIVE_MIN_ROWS rows, with the default chunks, the loss takes eq. (21) and every option."""
+    relative_chunks = _count_relative_chunks(monkeypatch)
+    with functional.loss_gradients_in_forward(True):
+        case = replace(constant(CASES[case]), rows=modes.RELATIVE_MIN_ROWS)
+        assert_matches_cross_entropy(case, "mean", target_grad=False)
+    assert sum(relative_chunks) == modes.RELATIVE_MIN_ROWS, f"rows in relative chunks: {relative_chunks}"
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

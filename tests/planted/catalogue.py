@@ -102,6 +102,11 @@ RELATIVE_PROBS = (
     CHUNKED_BACKWARD.format("factored-relative"),
     CHUNKED_BACKWARD.format("delta1-relative"),
 )
+RELATIVE_WITH_OPTIONS = tuple(
+    f"tests/test_cross_entropy.py::test_gradients_in_the_forward_take_every_option[{case}-relative-classes-{dtype}]"
+    for case, dtype in (("indices, weight, ignored, smoothing-mean", "torch.float64"),
+                        ("probabilities, weight, smoothing-sum", "torch.float32"))
+)  # fmt: skip
 FACTORED_WIRED = C + "test_functional_chunked_path_matches_twin[factored-{}-needs0-sigmoid-form-logits]"
 FACTORED_WIRED_PROBS = FACTORED_WIRED.replace("-logits]", "-probs]")
 SATURATED = tuple(
@@ -287,6 +292,9 @@ CATALOGUE = [
     Bug("last-column-sign/relative-dW2", RELATIVE,
         "last = grad_W2r_T.sum(0, keepdim=True).neg_()", "last = grad_W2r_T.sum(0, keepdim=True)",
         RELATIVE_LOSS + RELATIVE_PROBS),
+    Bug("last-column-first/relative-dW2", RELATIVE,
+        "return torch.cat((grad_W2r_T, last)).t()", "return torch.cat((last, grad_W2r_T)).t()",
+        RELATIVE_WITH_OPTIONS, verify=False),
     Bug("first-columns/relative-delta", RELATIVE,
         "return delta2[:, :-1].contiguous()", "return delta2[:, 1:].contiguous()",
         RELATIVE_LOSS + RELATIVE_PROBS),
