@@ -308,9 +308,9 @@ def two_layer_net_loss(
     precompute = modes.gradients_in_forward(x, target, (W1, b1, W2, b2), reduction_of_q)
     with torch.autocast(modes.device_type(x), enabled=False) if autocast else nullcontext():
         loss = apply_function(function, x, target, W1, b1, W2, b2, reduction_of_q, precompute)[0]
-    if add_to_loss is not None:
-        loss = loss + add_to_loss  # ()  NaN when no row counts, as F.cross_entropy's 0/0
     if counted is not None:  # an ignored row: its loss is 0 (q = 0 there), and its gradient exactly 0 whatever
         # flows back to it (an inf from a count of 0 would make (y_hat sum q - q) g NaN): nll_loss never reads it
         loss = torch.where(counted, loss, 0.0)  # (N,)
+    if add_to_loss is not None:  # NaN, as F.cross_entropy's 0/0, when no row counts (the mean) or no class
+        loss = loss + add_to_loss  # () or (N,)  (label smoothing), ignored rows included
     return cast(Tensor, loss.squeeze(0) if unbatched and reduction == "none" else loss)

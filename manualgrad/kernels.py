@@ -124,7 +124,8 @@ def effective_target(
 
     Returns (q, the reduction to apply to -sum_c q log y_hat, a term to add to the loss or None).
     For class indices and "mean", q is divided by d here and summed ("sum"); when d = 0 (every
-    row ignored, or an empty batch) the term is NaN, F.cross_entropy's 0/0, whose gradient is 0.
+    row ignored, or an empty batch) the term is NaN, F.cross_entropy's 0/0, whose gradient is 0;
+    so it is with label smoothing and no class (C = 0, every label ignore_index), for any reduction.
     Reads no label values: one path for every batch; scatter and gather check the class range.
     """
     eps, C = label_smoothing, num_classes
@@ -134,17 +135,21 @@ def effective_target(
         return (q if weight is None else q * weight), reduction, None  # (N, C)  q = w * y'
     counted = target != ignore_index  # (N,)  m
     index = target.masked_fill(~counted, 0).unsqueeze(1)  # (N, 1)  ignored rows point at class 0 ...
+    width = max(C, 1)  # with no class (C = 0) every label is ignore_index: one column to point at, dropped
     if weight is None:
         row_weight = counted.to(dtype)  # (N,)  m_n w_t with w = 1
     else:  # ... and weigh 0 there; gather checks the range
-        row_weight = torch.where(counted, weight.gather(0, index.squeeze(1)), 0.0)  # (N,)  m_n w_t
+        padded = weight if C > 0 else weight.new_zeros(width)  # (width,)
+        row_weight = torch.where(counted, padded.gather(0, index.squeeze(1)), 0.0)  # (N,)  m_n w_t
     picked = (row_weight * (1 - eps)).unsqueeze(1)  # (N, 1)  (1 - eps) m_n w_t
-    q = torch.zeros(target.shape[0], C, dtype=dtype, device=target.device).scatter(1, index, picked)  # (N, C)
+    q = torch.zeros(target.shape[0], width, dtype=dtype, device=target.device).scatter(1, index, picked)
+    q = q if C > 0 else q[:, :0]  # (N, C)
     if eps != 0:
         class_weight = torch.ones(C, dtype=dtype, device=target.device) if weight is None else weight  # (C,)
         q = q + torch.where(counted.unsqueeze(1), class_weight * smoothing, 0.0)  # (N, C)  + m_n eps w_c / C
-    if reduction != "mean":
-        return q, reduction, None
+    if reduction != "mean":  # F.cross_entropy's eps * 0 / C is 0/0 with no class: NaN in every row
+        nan = torch.full((), float("nan"), dtype=dtype, device=q.device) if eps != 0 and C == 0 else None  # ()
+        return q, reduction, nan
     denominator = row_weight.sum()  # ()  d = sum_n m_n w_t
     q = torch.where(counted.unsqueeze(1), q / denominator, 0.0)  # (N, C)  q / d, ignored rows exactly 0
     nan_if_no_rows = torch.where(denominator == 0, float("nan"), 0.0).to(dtype)  # ()  F's 0/0

@@ -198,21 +198,34 @@ def test_precomputed_loss_form_and_layout(monkeypatch):
     assert rows == [(modes.LOSS_CHUNK_ROWS_FACTORED, True), (modes.LOSS_CHUNK_ROWS, False)]
 
 
+NO_CLASS_TARGETS = {  # C = 0: probabilities (N, 0), or class indices all ignore_index
+    "probabilities": (lambda: torch.zeros(4, 0, dtype=torch.float64), {}),
+    "indices": (lambda: torch.full((4,), -100), {}),
+    "indices, weight": (lambda: torch.full((4,), 3), {"weight": torch.ones(0, dtype=torch.float64), "ignore_index": 3}),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("in_forward", [False, True])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_no_classes_gives_cross_entropys_values(in_forward, reduction, label_smoothing):
+@pytest.mark.parametrize("kind", NO_CLASS_TARGETS)
+def test_no_classes_gives_cross_entropys_values(kind, in_forward, reduction, label_smoothing):
+    """F.cross_entropy's values with no class: 0/0 (NaN) for the mean, and, with label smoothing and
+    class indices, for every reduction (eps * 0 / C); the gradient in W1 is 0 either way."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 3, generator=g, dtype=torch.float64)
     W1, b1 = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
     W2, b2 = torch.zeros(5, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-    target = torch.zeros(4, 0, dtype=torch.float64)
-    with functional.loss_gradients_in_forward(in_forward):
-        loss = functional.two_layer_net_loss(
-            x, target, W1.requires_grad_(), b1, W2, b2, reduction=reduction, label_smoothing=label_smoothing
-        )
-    expected = reference.loss(x, target, W1, b1, W2, b2, reduction=reduction, label_smoothing=label_smoothing)
-    torch.testing.assert_close(loss.detach(), expected.detach(), equal_nan=True)
+    make_target, options = NO_CLASS_TARGETS[kind]
+    results = []
+    for loss_fn in (functional.two_layer_net_loss, reference.loss):
+        W1_leaf = W1.clone().requires_grad_()
+        with functional.loss_gradients_in_forward(in_forward):
+            loss = loss_fn(x, make_target(), W1_leaf, b1, W2, b2, reduction, label_smoothing=label_smoothing, **options)
+        results.append((loss.detach(), torch.autograd.grad(loss.sum(), W1_leaf)[0]))
+    (loss, grad), (expected, expected_grad) = results
+    torch.testing.assert_close(loss, expected, equal_nan=True)
+    torch.testing.assert_close(grad, expected_grad, equal_nan=True)
 
 
 def test_a_symbolic_batch_size_takes_the_one_path():
