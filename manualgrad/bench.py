@@ -36,7 +36,7 @@ from .arguments import (
     staged_output,
 )
 from .bench_loss import CLASSES, HIDDEN, IN_FEATURES, SizeResult, measure_memory, time_size
-from .bench_report import format_memory, format_times, machine_load, plot_title
+from .bench_report import format_memory, format_times, machine_load, plot_title, threads
 
 SIZES = (1, 32, 256, 4096, 65536)
 QUICK_SIZES = (1, 256)
@@ -167,7 +167,7 @@ def run_command(args: argparse.Namespace) -> int:
     compile_ = compile_ and not args.no_compile
     devices = devices_for(args.device)
     print(
-        f"manualgrad bench: torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
+        f"manualgrad bench: torch {torch.__version__}, {threads()}, float32, "
         f"D={IN_FEATURES} H={args.hidden} C={CLASSES}, N in {list(sizes)}, devices {devices}, "
         f"{repeats} x {min_run_time} s per path and size{'' if compile_ else ', no compile'}, {machine_load()}",
         flush=True,

@@ -92,11 +92,15 @@ def _share(mine: int, theirs: int) -> str:
 # ----------------------------------------------------------------------------------------
 
 
+def threads() -> str:
+    """The process's intra-op thread count, as a phrase: "1 thread", "2 threads"."""
+    count = torch.get_num_threads()
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
 def plot_title(device: str, hidden: int) -> str:
     machine = _machine() if device == "cpu" else torch.cuda.get_device_name()
-    return (
-        f"training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}; {machine}, {torch.get_num_threads()} threads"
-    )
+    return f"training step, float32, D={IN_FEATURES} H={hidden} C={CLASSES}; {machine}, {threads()}"
 
 
 def _machine() -> str:

@@ -163,6 +163,13 @@ def test_targets_show_the_optimizer_steps_beside_the_bare_step_the_memory_and_a_
     assert not bench_paths.busy(None, 2) and bench_paths.busy(2.1, 2) and not bench_paths.busy(2.0, 2)
 
 
+@pytest.mark.parametrize(("count", "phrase"), [(1, "1 thread"), (2, "2 threads")])
+def test_the_thread_count_is_said_in_words(monkeypatch, count, phrase):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: count)
+    assert bench_report.threads() == phrase
+    assert bench_report.plot_title("cpu", 500).endswith(f", {phrase}")
+
+
 def test_quick_benchmark_writes_the_plot(quick_run):
     pytest.importorskip("matplotlib")
     _, _, _, out = quick_run
