@@ -133,27 +133,41 @@ def effective_target(
     if target.is_floating_point():
         q = target if eps == 0 else target * (1 - eps) + smoothing  # (N, C)  y' = (1 - eps) y + eps / C
         return (q if weight is None else q * weight), reduction, None  # (N, C)  q = w * y'
+    if C == 0:
+        return _no_class_target(target, dtype, reduction, ignore_index, eps)
     counted = target != ignore_index  # (N,)  m
     index = target.masked_fill(~counted, 0).unsqueeze(1)  # (N, 1)  ignored rows point at class 0 ...
-    width = max(C, 1)  # with no class (C = 0) every label is ignore_index: one column to point at, dropped
     if weight is None:
         row_weight = counted.to(dtype)  # (N,)  m_n w_t with w = 1
     else:  # ... and weigh 0 there; gather checks the range
-        padded = weight if C > 0 else weight.new_zeros(width)  # (width,)
-        row_weight = torch.where(counted, padded.gather(0, index.squeeze(1)), 0.0)  # (N,)  m_n w_t
+        row_weight = torch.where(counted, weight.gather(0, index.squeeze(1)), 0.0)  # (N,)  m_n w_t
     picked = (row_weight * (1 - eps)).unsqueeze(1)  # (N, 1)  (1 - eps) m_n w_t
-    q = torch.zeros(target.shape[0], width, dtype=dtype, device=target.device).scatter(1, index, picked)
-    q = q if C > 0 else q[:, :0]  # (N, C)
+    q = torch.zeros(target.shape[0], C, dtype=dtype, device=target.device).scatter(1, index, picked)  # (N, C)
     if eps != 0:
         class_weight = torch.ones(C, dtype=dtype, device=target.device) if weight is None else weight  # (C,)
         q = q + torch.where(counted.unsqueeze(1), class_weight * smoothing, 0.0)  # (N, C)  + m_n eps w_c / C
-    if reduction != "mean":  # F.cross_entropy's eps * 0 / C is 0/0 with no class: NaN in every row
-        nan = torch.full((), float("nan"), dtype=dtype, device=q.device) if eps != 0 and C == 0 else None  # ()
-        return q, reduction, nan
+    if reduction != "mean":
+        return q, reduction, None
     denominator = row_weight.sum()  # ()  d = sum_n m_n w_t
     q = torch.where(counted.unsqueeze(1), q / denominator, 0.0)  # (N, C)  q / d, ignored rows exactly 0
     nan_if_no_rows = torch.where(denominator == 0, float("nan"), 0.0).to(dtype)  # ()  F's 0/0
     return q, "sum", nan_if_no_rows
+
+
+def _no_class_target(
+    target: Tensor, dtype: torch.dtype, reduction: str, ignore_index: int, eps: float
+) -> tuple[Tensor, str, Tensor]:
+    """:func:`effective_target` for class indices with no class (C = 0): every label must be
+    ``ignore_index``. ``nll_loss`` checks that (on the device, and where traced) and gives 0 for each
+    row; those zeros flow into the term, so that no compiler drops the check. q (N, 0); the term is
+    F.cross_entropy's 0/0 (NaN) where it has one: the mean (no row counts) and eps * 0 / C."""
+    N = target.shape[0]
+    zeros = torch.nn.functional.nll_loss(  # (N,)  raises for a label other than ignore_index
+        target.new_zeros((N, 0), dtype=dtype), target, ignore_index=ignore_index, reduction="none"
+    )
+    nan = float("nan") if eps != 0 or reduction == "mean" else 0.0
+    term = zeros + nan if reduction == "none" else zeros.sum() + nan  # (N,) or ()
+    return zeros.unsqueeze(1)[:, :0], ("sum" if reduction == "mean" else reduction), term
 
 
 def per_sample_loss(log_probs: Tensor, target: Tensor) -> Tensor:

@@ -142,20 +142,25 @@ def _count_relative_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("factored", [True, False], ids=["factored", "delta1"])
 @pytest.mark.parametrize("relative", [True, False], ids=["relative-classes", "all-classes"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])  # a scalar loss: 'none' takes the gradients in backward
 @pytest.mark.parametrize("case", CASES)
-def test_gradients_in_the_forward_take_every_option(case, reduction, relative, dtype, monkeypatch):
+def test_gradients_in_the_forward_take_every_option(case, reduction, relative, factored, dtype, monkeypatch):
     """Targets and weight constant, so that the gradients are computed in the forward, in chunks of 3
     rows (a ragged last one), with weight, ignore_index and label_smoothing; ``relative``: by
-    eq. (19)-(21) from 1 row instead of RELATIVE_MIN_ROWS, else with all C classes."""
+    eq. (19)-(21) from 1 row instead of RELATIVE_MIN_ROWS, else with all C classes; ``factored``: the
+    first layer's gradients by eq. (16')-(18') (as the default 2/500/2 network), else through delta1."""
     monkeypatch.setattr(modes, "RELATIVE_MIN_ROWS", 1 if relative else 2**62)
+    monkeypatch.setattr(modes, "FACTORED_MAX_PRODUCTS", (D + 1) * C - 1 + factored)
     relative_chunks, in_forward = _count_relative_chunks(monkeypatch), []
     original = autograd.loss_and_gradients
-    monkeypatch.setattr(autograd, "loss_and_gradients", lambda *a, **k: in_forward.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        autograd, "loss_and_gradients", lambda *a, **k: in_forward.append(k["factored"]) or original(*a, **k)
+    )
     with functional.loss_gradients_in_forward(True, 3):
         assert_matches_cross_entropy(constant(CASES[case]), reduction, dtype, target_grad=False)
-    assert in_forward == [1], "the gradients were not computed in the forward"
+    assert in_forward == [factored], "the gradients were not computed in the forward, or not by that form"
     assert sum(relative_chunks) == CASES[case].rows * relative, f"rows in relative chunks: {relative_chunks}"
 
 

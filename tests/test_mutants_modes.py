@@ -228,6 +228,29 @@ def test_no_classes_gives_cross_entropys_values(kind, in_forward, reduction, lab
     torch.testing.assert_close(grad, expected_grad, equal_nan=True)
 
 
+@pytest.mark.parametrize("mode", ["eager", "torch.func.grad", "torch.compile"])
+def test_no_classes_refuses_a_label_that_is_not_ignore_index(mode):
+    """With C = 0 every label must be ignore_index: in eager mode the boundary says so; where it does
+    not look at values (transforms, compile), nll_loss's range check raises as F.cross_entropy's does."""
+    x, W1, b1 = torch.randn(4, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64), torch.zeros(5)
+    W2, b2, target = (
+        torch.zeros(5, 0, dtype=torch.float64),
+        torch.zeros(0, dtype=torch.float64),
+        torch.tensor([0] + [-100] * 3),
+    )
+
+    def loss(W1):
+        return functional.two_layer_net_loss(x, target, W1, b1.double(), W2, b2, "sum", label_smoothing=0.1)
+
+    run = {"eager": loss, "torch.func.grad": torch.func.grad(loss)}.get(mode)
+    if run is None:
+        torch._dynamo.reset()
+        run = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    error, message = (ValueError, "target holds class index 0") if mode == "eager" else (IndexError, "Target 0 is out")
+    with pytest.raises(error, match=message):
+        run(W1)
+
+
 def test_a_symbolic_batch_size_takes_the_one_path():
     """An x whose N is a SymInt (a fake tensor with a dynamic first dimension, outside any tracing mode)."""
     from torch._subclasses.fake_tensor import FakeTensorMode

@@ -102,10 +102,27 @@ RELATIVE_PROBS = (
     CHUNKED_BACKWARD.format("factored-relative"),
     CHUNKED_BACKWARD.format("delta1-relative"),
 )
+ROW_MASK = (  # functional.py: the ignored rows' per-row loss made 0, then the NaN term added to every row
+    "    if counted is not None:  # an ignored row: its loss is 0 (q = 0 there), and its gradient exactly 0 whatever\n"
+    "        # flows back to it (an inf from a count of 0 would make (y_hat sum q - q) g NaN): "
+    "nll_loss never reads it\n"
+    "        loss = torch.where(counted, loss, 0.0)  # (N,)\n"
+)
+NAN_TERM = (
+    "    if add_to_loss is not None:  # NaN, as F.cross_entropy's 0/0, when no row counts (the mean) or no class\n"
+    "        loss = loss + add_to_loss  # () or (N,)  (label smoothing), ignored rows included\n"
+)
+NAN_TERM_AFTER_MASK, NAN_TERM_BEFORE_MASK = ROW_MASK + NAN_TERM, NAN_TERM + ROW_MASK
+NO_CLASS_CHECK = (
+    "    zeros = torch.nn.functional.nll_loss(  # (N,)  raises for a label other than ignore_index\n"
+    '        target.new_zeros((N, 0), dtype=dtype), target, ignore_index=ignore_index, reduction="none"\n'
+    "    )\n"
+)
+NO_CLASS_UNCHECKED = "    zeros = target.new_zeros(N, dtype=dtype)  # (N,)  unchecked\n"
 RELATIVE_WITH_OPTIONS = tuple(
-    f"tests/test_cross_entropy.py::test_gradients_in_the_forward_take_every_option[{case}-relative-classes-{dtype}]"
-    for case, dtype in (("indices, weight, ignored, smoothing-mean", "torch.float64"),
-                        ("probabilities, weight, smoothing-sum", "torch.float32"))
+    f"tests/test_cross_entropy.py::test_gradients_in_the_forward_take_every_option[{case}-relative-classes-{form}]"
+    for case, form in (("indices, weight, ignored, smoothing-mean", "factored-torch.float64"),
+                       ("probabilities, weight, smoothing-sum", "delta1-torch.float32"))
 )  # fmt: skip
 FACTORED_WIRED = C + "test_functional_chunked_path_matches_twin[factored-{}-needs0-sigmoid-form-logits]"
 FACTORED_WIRED_PROBS = FACTORED_WIRED.replace("-logits]", "-probs]")
@@ -194,12 +211,15 @@ CATALOGUE = [
         'return 1.0 / (N - 1) if N > 1 and num_classes > 0 else float("nan")',
         (LOSS_BWD, LOSS_FWD_CHUNKED)),
     Bug("no-class-smoothing-taken-as-0/effective-target", KERNELS,
-        "if eps != 0 and C == 0 else None", "if eps != 0 and C < 0 else None",
-        ("tests/test_mutants_modes.py::test_no_classes_gives_cross_entropys_values[indices-0.1-none-True]",),
+        'nan = float("nan") if eps != 0 or reduction == "mean" else 0.0',
+        'nan = float("nan") if reduction == "mean" else 0.0',
+        ("tests/test_mutants_modes.py::test_no_classes_gives_cross_entropys_values[indices-0.1-sum-False]",),
         verify=False),
-    Bug("nan-term-dropped/per-row-loss", FUNCTIONAL,
-        "loss = loss + add_to_loss  # () or (N,)", "loss = loss + (add_to_loss if counted is None else 0.0)  # ()",
+    Bug("nan-term-masked/per-row-loss", FUNCTIONAL, NAN_TERM_AFTER_MASK, NAN_TERM_BEFORE_MASK,
         ("tests/test_mutants_modes.py::test_no_classes_gives_cross_entropys_values[indices-0.1-none-False]",),
+        verify=False),
+    Bug("no-class-labels-unchecked/effective-target", KERNELS, NO_CLASS_CHECK, NO_CLASS_UNCHECKED,
+        ("tests/test_mutants_modes.py::test_no_classes_refuses_a_label_that_is_not_ignore_index[torch.compile]",),
         verify=False),
     Bug("drop-one-over-N/backward", KERNELS,
         "upstream = upstream * mean_scale(N)  # ()", "upstream = upstream  # ()",
