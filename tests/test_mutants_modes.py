@@ -232,15 +232,12 @@ def test_no_classes_gives_cross_entropys_values(kind, in_forward, reduction, lab
 def test_no_classes_refuses_a_label_that_is_not_ignore_index(mode):
     """With C = 0 every label must be ignore_index: in eager mode the boundary says so; where it does
     not look at values (transforms, compile), nll_loss's range check raises as F.cross_entropy's does."""
-    x, W1, b1 = torch.randn(4, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64), torch.zeros(5)
-    W2, b2, target = (
-        torch.zeros(5, 0, dtype=torch.float64),
-        torch.zeros(0, dtype=torch.float64),
-        torch.tensor([0] + [-100] * 3),
-    )
+    x, W1 = torch.randn(4, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    b1, W2, b2 = torch.zeros(5, dtype=torch.float64), torch.zeros(5, 0, dtype=torch.float64), W1.new_zeros(0)
+    target = torch.tensor([0] + [-100] * 3)  # class 0 of none
 
     def loss(W1):
-        return functional.two_layer_net_loss(x, target, W1, b1.double(), W2, b2, "sum", label_smoothing=0.1)
+        return functional.two_layer_net_loss(x, target, W1, b1, W2, b2, "sum", label_smoothing=0.1)
 
     run = {"eager": loss, "torch.func.grad": torch.func.grad(loss)}.get(mode)
     if run is None:
