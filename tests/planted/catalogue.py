@@ -119,6 +119,10 @@ NO_CLASS_CHECK = (
     "    )\n"
 )
 NO_CLASS_UNCHECKED = "    zeros = target.new_zeros(N, dtype=dtype)  # (N,)  unchecked\n"
+EXTREME = (  # a class with extreme parameters, at N = 1100 (the relative classes' rows)
+    "tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
+    "[gradients-in-forward-{}-1100]"
+)
 RELATIVE_WITH_OPTIONS = tuple(
     f"tests/test_cross_entropy.py::test_gradients_in_the_forward_take_every_option[{case}-relative-classes-{form}]"
     for case, form in (("indices, weight, ignored, smoothing-mean", "factored-torch.float64"),
@@ -334,20 +338,15 @@ CATALOGUE = [
         SATURATED, verify=False),
     Bug("non-finite-taken/relative", RELATIVE,
         "return math.isfinite(sum(float(t.sum()) for t in tensors))", "return True",
-        ("tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
-         "[gradients-in-forward-+inf in the last W2 column-loss-mean-1100]",
-         "tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
-         "[gradients-in-forward-+inf in the last W2 column-probs-1100]"), verify=False),
+        tuple(EXTREME.format(f"+inf in the last W2 column-{step}") for step in ("loss-mean", "probs")),
+        verify=False),
     Bug("no-overflow-bound/relative", RELATIVE,
         "return (W2r, b2r) if _all_finite(*bounds) else None", "return (W2r, b2r) if _all_finite(W2r, b2r) else None",
-        ("tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
-         "[gradients-in-forward-relative logits that overflow-loss-mean-1100]",
-         "tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
-         "[gradients-in-forward-relative logits that overflow-probs-1100]"), verify=False),
+        tuple(EXTREME.format(f"relative logits that overflow-{step}") for step in ("loss-mean", "probs")),
+        verify=False),
     Bug("non-finite-targets-taken/relative", RELATIVE,
         "return not target.is_floating_point() or _all_finite(target)", "return True",
-        ("tests/test_reliability.py::test_a_class_with_extreme_parameters_gives_the_twins_values_at_every_N"
-         "[gradients-in-forward-+inf in a probability target-loss-sum-1100]",), verify=False),
+        (EXTREME.format("+inf in a probability target-loss-sum"),), verify=False),
     Bug("padding-rows/factored-products", FACTORED,
         "missing = MIN_PRODUCT_ROWS - E.shape[1]", "missing = 0",
         (C + "test_few_products_are_padded_with_zero_rows",), verify=False),
